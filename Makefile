@@ -1,0 +1,37 @@
+# Set-up is part of every target: a fresh machine needs only python3 (and root or sudo for the dataset).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo demo-fashion test bench-kd clean
+
+setup: $(VENV)/.installed
+
+# torch is pinned here to the local CPU wheel; the package itself accepts a range so CUDA builds stay.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+# Real Fashion-MNIST from Debian's package (IDX files under $(FASHION_MNIST)).
+data:
+	@[ -d $(FASHION_MNIST) ] || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+demo: setup
+	$(BIN)/distillery demo
+
+demo-fashion: setup data
+	$(BIN)/distillery demo --dataset fashion-mnist
+
+test: setup data
+	$(BIN)/pytest
+
+bench-kd: setup data
+	$(BIN)/python benchmarks/kd_vs_scratch.py
+
+clean:
+	rm -rf $(VENV) demo-out runs .pytest_cache

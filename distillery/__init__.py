@@ -1,0 +1,43 @@
+"""distillery: train a small student from a large teacher, and prove the result with numbers.
+
+Example::
+
+    import distillery
+    result = distillery.distill(teacher, student, train_loader, val_loader, temperature=4.0, alpha=0.1)
+    print(distillery.evaluate(result.model, test_loader, teacher=teacher))
+"""
+from distillery.api import Result, distill, evaluate, train
+from distillery.config import RunConfig, load_config
+from distillery.data import ArrayDataset, BatchIterator, load_dataset
+from distillery.demo import demo
+from distillery.errors import CheckpointError, ConfigError, DataError, DistilleryError, ModelError, RunExistsError
+from distillery.eval.report import write_report
+from distillery.models import build_model
+from distillery.models.checkpoint import load_model
+from distillery.runs import evaluate_checkpoint, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArrayDataset",
+    "BatchIterator",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DistilleryError",
+    "ModelError",
+    "Result",
+    "RunConfig",
+    "RunExistsError",
+    "build_model",
+    "demo",
+    "distill",
+    "evaluate",
+    "evaluate_checkpoint",
+    "load_config",
+    "load_dataset",
+    "load_model",
+    "run",
+    "train",
+    "write_report",
+]

@@ -1,0 +1,140 @@
+"""The Python API on in-memory objects: train, distill and evaluate a user's own modules and data.
+
+Example::
+
+    import distillery
+    teacher = distillery.train(teacher_net, train_loader, val_loader, epochs=10).model
+    result = distillery.distill(teacher, student_net, train_loader, val_loader, temperature=4.0, alpha=0.1)
+    print(distillery.evaluate(result.model, test_loader, teacher=teacher))
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from distillery.data import ArrayDataset, BatchIterator
+from distillery.engine import Trainer, build_optimizer, build_scheduler, resolve_device
+from distillery.errors import DataError
+from distillery.eval.latency import measure_latency
+from distillery.eval.metrics import (
+    accuracy,
+    agreement,
+    expected_calibration_error,
+    negative_log_likelihood,
+    predict,
+    reliability_bins,
+)
+from distillery.methods import Method, create_method
+from distillery.models import count_parameters, size_on_disk_bytes
+
+
+@dataclass
+class Result:
+    """A trained model (its best-on-validation weights), its per-epoch history and best validation metrics."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+
+
+def as_batches(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+    """An ArrayDataset becomes a seeded BatchIterator; any re-iterable of batches (a DataLoader) is used as is."""
+    if isinstance(data, ArrayDataset):
+        return BatchIterator(data, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    if not hasattr(data, "__iter__") or isinstance(data, torch.Tensor):
+        raise DataError(f"data must be an ArrayDataset or an iterable of (inputs, labels) batches, got {type(data).__name__}")
+    if iter(data) is data:
+        raise DataError("data is a one-shot iterator (a generator?); pass something iterable once per epoch, "
+                        "such as a DataLoader or a list of batches")
+    return data
+
+
+def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs: int = 10, lr: float = 1e-3,
+               optimizer: str = "adamw", weight_decay: float = 5e-4, momentum: float = 0.9,
+               schedule: str = "cosine", batch_size: int = 128, seed: int = 0, device: str = "auto",
+               progress: bool = True, on_epoch_end=None, description: str = "train") -> Result:
+    """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you."""
+    train_batches = as_batches(train_data, batch_size, shuffle=True, seed=seed)
+    val_batches = as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed) if val_data is not None else None
+    steps_per_epoch = len(train_batches) if hasattr(train_batches, "__len__") else 1
+    target = resolve_device(device)
+    method.to(target)
+    opt = build_optimizer(method.trainable_parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    scheduler = build_scheduler(opt, schedule, total_steps=epochs * steps_per_epoch)
+    trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress, description=description)
+    fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
+    method.student.load_state_dict(fitted.best_state)
+    return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics, best_epoch=fitted.best_epoch)
+
+
+def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoothing: float = 0.0,
+          seed: int = 0, **options: Any) -> Result:
+    """Train ``model`` on labels (a teacher, or a student from scratch).
+
+    ``train_data`` is an ArrayDataset or any re-iterable of (inputs, labels) batches, e.g. a DataLoader.
+    Options: epochs, lr, optimizer ("adamw"/"sgd"), weight_decay, schedule ("cosine"/"onecycle"/"constant"),
+    batch_size, device, progress.
+
+    Example::
+
+        result = distillery.train(net, train_loader, val_loader, epochs=5)
+    """
+    torch.manual_seed(seed)
+    method = create_method("supervised", model, label_smoothing=label_smoothing)
+    return fit_method(method, train_data, val_data, seed=seed, **options)
+
+
+def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: Any = None, *,
+            method: str = "hinton", temperature: float = 4.0, alpha: float = 0.5, label_smoothing: float = 0.0,
+            seed: int = 0, **options: Any) -> Result:
+    """Distil ``teacher`` into ``student``: the teacher is frozen and kept in eval mode, only the student trains.
+
+    ``method`` is "hinton" (soft targets at ``temperature``, KL·T², plus ``alpha`` · hard-label CE at T=1)
+    or "logit_mse" (alpha · CE + (1 − alpha) · MSE between logits). Other options as for :func:`train`.
+
+    Example::
+
+        result = distillery.distill(teacher, student, train_loader, val_loader, temperature=4.0, alpha=0.1)
+        student = result.model
+    """
+    torch.manual_seed(seed)
+    built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
+                          label_smoothing=label_smoothing)
+    return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
+
+
+def evaluate(model: nn.Module, data: Any, *, teacher: nn.Module | None = None, latency: bool = False,
+             batch_size: int = 512, bins: int = 15) -> dict[str, Any]:
+    """Accuracy, NLL, expected calibration error, a reliability table, size, and optionally agreement with a
+    teacher and CPU latency.
+
+    Example::
+
+        metrics = distillery.evaluate(student, test_loader, teacher=teacher, latency=True)
+    """
+    batches = as_batches(data, batch_size, shuffle=False, seed=0)
+    logits, labels = predict(model, batches)
+    if labels.numel() == 0:
+        raise DataError("the evaluation data is empty")
+    metrics: dict[str, Any] = {
+        "samples": int(labels.numel()),
+        "accuracy": accuracy(logits, labels),
+        "nll": negative_log_likelihood(logits, labels),
+        "ece": expected_calibration_error(logits, labels, bins=bins),
+        "parameters": count_parameters(model),
+        "size_bytes": size_on_disk_bytes(model),
+    }
+    if teacher is not None:
+        teacher_logits, _ = predict(teacher, batches)
+        metrics["agreement"] = agreement(logits, teacher_logits)
+    if latency:
+        sample_shape = next(iter(batches))[0].shape[1:]
+        # Measured on a CPU copy so the caller's model stays on its device.
+        metrics["latency"] = measure_latency(copy.deepcopy(model).cpu(), tuple(sample_shape))
+    metrics["reliability"] = reliability_bins(logits, labels, bins=bins)
+    return metrics

@@ -1,0 +1,165 @@
+"""Run configuration: YAML read as data, validated by pydantic, overridable with key=value pairs."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distillery.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(Strict):
+    shift: int = Field(0, ge=0, description="random translation by up to this many pixels")
+    crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
+    flip: bool = Field(False, description="random horizontal flip")
+
+
+class DataConfig(Strict):
+    dataset: str = "digits"
+    path: Optional[str] = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    train_limit: Optional[int] = Field(None, ge=1, description="use only this many training samples")
+    test_limit: Optional[int] = Field(None, ge=1, description="use only this many test samples")
+    normalize: bool = True
+    augment: AugmentConfig = AugmentConfig()
+
+
+class TrainConfig(Strict):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class DistillConfig(Strict):
+    teacher: str = Field(description="the teacher's run directory or checkpoint")
+    method: Literal["hinton", "logit_mse"] = "hinton"
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label term")
+
+
+class RunConfig(Strict):
+    output_dir: str
+    seed: int = 0
+    device: str = "auto"
+    role: Optional[Literal["teacher", "scratch", "distilled"]] = Field(
+        None, description="how the report labels the run; default: scratch for train, distilled for distill")
+    data: DataConfig = DataConfig()
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
+    train: TrainConfig = TrainConfig()
+    distill: Optional[DistillConfig] = None
+    measure_latency: bool = True
+    progress: bool = True
+
+    @field_validator("model")
+    @classmethod
+    def _model_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(value.get("name"), str):
+            raise ValueError("needs a 'name' (mlp, cnn, resnet or package.module:function)")
+        return value
+
+
+def _known_keys(model_class: type[BaseModel], location: tuple) -> list[str]:
+    # Walk the schema down to the section the bad key sits in, to suggest a correction.
+    for part in location[:-1]:
+        field = model_class.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        nested = next((a for a in candidates if issubclass(a, BaseModel)), None)
+        if nested is None:
+            return []
+        model_class = nested
+    return list(model_class.model_fields)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    # An unknown key usually explains the missing one too (a typo), so report it first.
+    errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    location = tuple(first["loc"])
+    key = ".".join(str(part) for part in location)
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(location[-1]), _known_keys(RunConfig, location), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "; remove it"
+        return f"{source}: unknown key {key!r}{hint}"
+    if first["type"] == "missing":
+        return f"{source}: {key} is required; add it to the config"
+    return f"{source}: {key} = {first.get('input')!r} is invalid: {first['msg'].lower()}; fix it in the config or with --set {key}=..."
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["train.epochs=3", "distill.alpha=0.1"]`` -> a nested dict; values are read as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for pair in pairs:
+        key, separator, raw = pair.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"override {pair!r} is not key=value, e.g. --set train.epochs=5")
+        *parents, leaf = key.split(".")
+        if not all(parents) or not leaf:
+            raise ConfigError(f"override {pair!r} has an empty key part; write e.g. --set train.epochs=5")
+        target = nested
+        for depth, part in enumerate(parents):
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                section = ".".join(parents[: depth + 1])
+                raise ConfigError(f"override {pair!r} conflicts with another override: {section} is a value, not a section")
+        try:
+            target[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {pair!r} has a value that is not valid YAML; quote strings, close brackets") from None
+    return nested
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(document: dict[str, Any], overrides: list[str] | None = None, source: str = "config") -> RunConfig:
+    """Validate a config mapping (plus ``key=value`` overrides) into a RunConfig."""
+    merged = merge(document, parse_overrides(overrides or []))
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML run configuration with ``yaml.safe_load`` and validate it.
+
+    Example::
+
+        config = load_config("configs/fashion_mnist_distill.yaml", ["train.epochs=3"])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        document = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}; check indentation and colons") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys (output_dir:, model:, ...), not {type(document).__name__}")
+    return build_config(document, overrides, source=str(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,22 @@
+"""Data: datasets held as whole tensors, their sources, splits, normalisation, augmentation and batching."""
+from distillery.data.augment import Augmentation, horizontal_flip, random_crop, random_shift
+from distillery.data.batches import BatchIterator
+from distillery.data.dataset import ArrayDataset
+from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
+from distillery.data.transforms import Normalizer, train_val_split
+
+__all__ = [
+    "ArrayDataset",
+    "Augmentation",
+    "BatchIterator",
+    "DATASETS",
+    "Normalizer",
+    "horizontal_flip",
+    "load_dataset",
+    "load_idx_pair",
+    "load_npz",
+    "random_crop",
+    "random_shift",
+    "read_idx",
+    "train_val_split",
+]

@@ -1,0 +1,116 @@
+"""Whole-dataset transforms: a seeded train/validation split and input normalisation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from distillery.data.dataset import ArrayDataset
+from distillery.errors import ConfigError, DataError
+
+
+def train_val_split(
+    dataset: ArrayDataset, val_fraction: float, seed: int
+) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
+    """Split off a random validation set; `(dataset, None)` when `val_fraction == 0`.
+
+    Example: `train, val = train_val_split(train, val_fraction=0.1, seed=0)`
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction {val_fraction} is out of range; use a value in [0, 1), e.g. 0.1")
+    if val_fraction == 0.0:
+        return dataset, None
+    # At least one validation sample: a tiny fraction of a small set should not silently mean "no validation".
+    val_size = max(1, round(val_fraction * len(dataset)))
+    if val_size >= len(dataset):
+        raise ConfigError(
+            f"val_fraction {val_fraction} leaves no training samples out of {len(dataset)}; use a smaller fraction"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=generator)
+    # Sorted so each part keeps the original sample order.
+    val_indices, _ = order[:val_size].sort()
+    train_indices, _ = order[val_size:].sort()
+    return dataset.subset(train_indices), dataset.subset(val_indices)
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Subtract a mean and divide by a std: per channel for images, one value for tabular inputs.
+
+    Example::
+
+        normalizer = Normalizer.fit(train)
+        train, test = normalizer.apply(train), normalizer.apply(test)
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # Per (device, dtype) copies of mean/std, so a training loop does not upload them every batch.
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(value) for value in self.mean))
+        object.__setattr__(self, "std", tuple(float(value) for value in self.std))
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ConfigError(
+                f"normalizer mean {self.mean} and std {self.std} must be non-empty and of equal length"
+            )
+        if any(not value > 0 for value in self.std):
+            raise ConfigError(f"normalizer std {self.std} must be positive")
+
+    @classmethod
+    def fit(cls, dataset: ArrayDataset) -> "Normalizer":
+        """Statistics of `dataset.inputs`: over N, H, W per channel for 4-D inputs, global for 2-D."""
+        inputs = dataset.inputs
+        if inputs.dim() >= 3:
+            dims = [0] + list(range(2, inputs.dim()))
+            variance, mean = torch.var_mean(inputs, dim=dims, correction=0)
+        else:
+            variance, mean = torch.var_mean(inputs, correction=0)
+            variance, mean = variance.reshape(1), mean.reshape(1)
+        std = variance.sqrt()
+        # A constant channel (e.g. a blank border) would divide by zero; leave its scale alone.
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        return cls(tuple(mean.tolist()), tuple(std.tolist()))
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Normalised copy of a batch, on the batch's device and (floating) dtype."""
+        if not inputs.is_floating_point():
+            inputs = inputs.to(torch.float32)
+        mean, std = self._statistics(inputs)
+        if len(self.mean) > 1:
+            if inputs.dim() < 2 or inputs.shape[1] != len(self.mean):
+                raise DataError(
+                    f"the normalizer was fit on {len(self.mean)} channels but the inputs have shape "
+                    f"{tuple(inputs.shape)}; fit it on data shaped like these inputs"
+                )
+            view = [1, len(self.mean)] + [1] * (inputs.dim() - 2)
+            mean, std = mean.view(view), std.view(view)
+        return (inputs - mean) / std
+
+    def _statistics(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (inputs.device, inputs.dtype)
+        if key not in self._cache:
+            self._cache[key] = (
+                torch.tensor(self.mean, dtype=inputs.dtype, device=inputs.device),
+                torch.tensor(self.std, dtype=inputs.dtype, device=inputs.device),
+            )
+        return self._cache[key]
+
+    def apply(self, dataset: ArrayDataset) -> ArrayDataset:
+        """A new dataset with normalised inputs; labels and class names are shared."""
+        return ArrayDataset(self(dataset.inputs), dataset.labels, list(dataset.class_names), dataset.source)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, e.g. `{"mean": [0.286], "std": [0.353]}`."""
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Normalizer":
+        """Inverse of `to_dict`. Example: `Normalizer.from_dict({"mean": [0.5], "std": [0.25]})`."""
+        missing = [key for key in ("mean", "std") if key not in data]
+        if missing:
+            raise ConfigError(f"normalizer settings lack {missing[0]!r}; expected keys 'mean' and 'std'")
+        return cls(tuple(data["mean"]), tuple(data["std"]))

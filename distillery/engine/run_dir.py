@@ -1,0 +1,60 @@
+"""The files of one run directory (see docs/run-directory.md)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from distillery.engine.checkpoint import save_checkpoint
+from distillery.errors import RunExistsError
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json", "last.safetensors", "last.json",
+             "evaluation.json")
+
+
+class RunDirectory:
+    """Creates a run directory and writes its files; refuses to replace a finished run unless told to.
+
+    Example::
+
+        run = RunDirectory("runs/student", overwrite=False)
+        run.start(config_text)
+    """
+
+    def __init__(self, path: str | Path, *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+
+    @property
+    def finished(self) -> bool:
+        return (self.path / "model.json").is_file()
+
+    def start(self, config_text: str) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunExistsError(f"output_dir {self.path} is a file; choose a directory name")
+        if self.finished and not self.overwrite:
+            raise RunExistsError(
+                f"{self.path} already holds a finished run; pass --overwrite to replace it or choose another output_dir"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        self._write_text("config.yaml", config_text)
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a") as stream:
+            stream.write(json.dumps(record) + "\n")
+
+    def save_model(self, stem: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
+        return save_checkpoint(self.path / stem, model, metadata)
+
+    def write_evaluation(self, evaluation: dict[str, Any]) -> None:
+        self._write_text("evaluation.json", json.dumps(evaluation, indent=2))
+
+    def _write_text(self, name: str, text: str) -> None:
+        temporary = self.path / (name + ".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, self.path / name)

@@ -1,0 +1,138 @@
+"""The training loop. It knows nothing about any method: it asks for a StepOutput and minimises its loss."""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from distillery.errors import DataError
+
+if TYPE_CHECKING:
+    from distillery.methods.base import Method
+
+EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
+
+
+def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(inputs,), (inputs, labels) or (inputs, labels, indices) -> a triple with None for what is absent."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None, None
+    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
+        inputs = batch[0]
+        labels = batch[1] if len(batch) > 1 else None
+        indices = batch[2] if len(batch) > 2 else None
+        return inputs, labels, indices
+    raise DataError(
+        f"a batch must be inputs, (inputs, labels) or (inputs, labels, indices); got {type(batch).__name__}"
+    )
+
+
+@dataclass
+class FitResult:
+    """What training produced: per-epoch records and the student's best weights."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Runs epochs of ``method.step`` with one optimiser and a per-step schedule.
+
+    Example::
+
+        trainer = Trainer(method, optimizer, scheduler, epochs=10)
+        result = trainer.fit(train_batches, val_batches)
+    """
+
+    def __init__(self, method: "Method", optimizer: torch.optim.Optimizer, scheduler=None, *, epochs: int,
+                 device: torch.device | str = "cpu", progress: bool = True, description: str = "train") -> None:
+        self.method = method.to(device)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.epochs = epochs
+        self.device = torch.device(device)
+        self.progress = progress
+        self.description = description
+
+    def fit(self, train_batches: Iterable, val_batches: Iterable | None = None,
+            on_epoch_end: EpochCallback | None = None) -> FitResult:
+        result = FitResult()
+        for epoch in range(1, self.epochs + 1):
+            if hasattr(train_batches, "set_epoch"):
+                train_batches.set_epoch(epoch)
+            started = time.perf_counter()
+            record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+            record.update(self.train_epoch(train_batches, epoch))
+            record["epoch_time_s"] = time.perf_counter() - started
+            if val_batches is not None:
+                record.update(validate(self.method.student, val_batches, self.device))
+            result.history.append(record)
+            self._keep_if_best(result, record)
+            if on_epoch_end is not None:
+                on_epoch_end(record, self)
+        return result
+
+    def train_epoch(self, batches: Iterable, epoch: int) -> dict[str, float]:
+        self.method.train()
+        totals: dict[str, torch.Tensor] = {}
+        seen = 0
+        bar = tqdm(batches, desc=f"{self.description} {epoch}/{self.epochs}", disable=not self.progress,
+                   leave=False, file=sys.stderr, dynamic_ncols=True)
+        for batch in bar:
+            inputs, labels, indices = unpack_batch(batch)
+            inputs = inputs.to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True) if labels is not None else None
+            output = self.method.step(inputs, labels, indices)
+            self.optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            batch_size = inputs.shape[0]
+            seen += batch_size
+            for name, value in {"loss": output.loss.detach(), **output.logs}.items():
+                totals[name] = totals.get(name, 0.0) + value.float() * batch_size
+            if self.progress:
+                bar.set_postfix(loss=f"{output.loss.item():.4f}", refresh=False)
+        if seen == 0:
+            raise DataError("the training data yielded no batches")
+        return {f"train/{name}": (total / seen).item() for name, total in totals.items()}
+
+    def _keep_if_best(self, result: FitResult, record: dict[str, Any]) -> None:
+        # Without validation data the last epoch counts as the best.
+        score = record.get("val/accuracy", float(record["epoch"]))
+        if score >= result.best_score:
+            result.best_score = score
+            result.best_epoch = record["epoch"]
+            result.best_state = copy.deepcopy(self.method.student.state_dict())
+            result.best_metrics = {k: v for k, v in record.items() if k.startswith("val/")}
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, batches: Iterable, device: torch.device) -> dict[str, float]:
+    """Accuracy and cross-entropy on labelled batches, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, seen = 0, 0.0, 0
+    for batch in batches:
+        inputs, labels, _ = unpack_batch(batch)
+        if labels is None:
+            raise DataError("validation data needs labels")
+        inputs, labels = inputs.to(device), labels.to(device)
+        logits = model(inputs)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += (logits.argmax(dim=-1) == labels).sum().item()
+        seen += labels.shape[0]
+    model.train(was_training)
+    if seen == 0:
+        raise DataError("the validation data yielded no batches")
+    return {"val/accuracy": correct / seen, "val/loss": loss_sum / seen}

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, latency, plots and the report."""

@@ -1,0 +1,7 @@
+"""Training methods: each is a small class that turns a batch into one StepOutput."""
+from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.factory import create_method
+from distillery.methods.soft_targets import HintonDistillation, LogitMatching
+from distillery.methods.supervised import Supervised
+
+__all__ = ["METHODS", "create_method", "HintonDistillation", "LogitMatching", "Method", "StepOutput", "Supervised"]

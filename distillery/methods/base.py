@@ -1,0 +1,52 @@
+"""What every method shares: the step result, the frozen-teacher rule, the registry."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from distillery.registry import Registry
+from distillery.teachers import freeze
+
+METHODS: Registry = Registry("method")
+
+
+@dataclass
+class StepOutput:
+    """One training step's result: the loss to minimise, the student's logits, and loss parts to log."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """A student plus whatever a method adds to train it.
+
+    Subclasses implement :meth:`step`. Teachers given to :meth:`add_teacher` are frozen
+    and stay in eval mode even when the method is put in train mode, so the trainer can
+    call ``method.train()`` without knowing which parts are teachers.
+    """
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+        self._teacher_names: list[str] = []
+
+    def add_teacher(self, name: str, teacher: nn.Module) -> None:
+        self.add_module(name, freeze(teacher))
+        self._teacher_names.append(name)
+
+    def train(self, mode: bool = True) -> "Method":
+        super().train(mode)
+        for name in self._teacher_names:
+            getattr(self, name).eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+        raise NotImplementedError

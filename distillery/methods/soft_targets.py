@@ -1,0 +1,78 @@
+"""Distillation from one teacher's logits: Hinton's soft targets and logit matching."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distillery.errors import ConfigError, ModelError
+from distillery.losses import hard_label_cross_entropy, logit_mse, soft_target_kl
+from distillery.methods.base import METHODS, Method, StepOutput
+
+
+class TeacherLogitMethod(Method):
+    """alpha · CE(student, labels) + (1 − alpha) · soft_loss(student, teacher).
+
+    Without labels (an unlabeled transfer set) only the soft term is used.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, alpha: float, label_smoothing: float = 0.0) -> None:
+        super().__init__(student)
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}; it weights the hard-label term")
+        self.add_teacher("teacher", teacher)
+        self.alpha = alpha
+        self.label_smoothing = label_smoothing
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+        with torch.no_grad():
+            teacher_logits = self.teacher(inputs)
+        student_logits = self.student(inputs)
+        if teacher_logits.shape != student_logits.shape:
+            raise ModelError(
+                f"teacher outputs {tuple(teacher_logits.shape[1:])} but student outputs "
+                f"{tuple(student_logits.shape[1:])}; both must predict the same classes"
+            )
+        soft = self.soft_loss(student_logits, teacher_logits)
+        logs = {"kd": soft.detach()}
+        if labels is None:
+            return StepOutput(loss=soft, logits=student_logits, logs=logs)
+        hard = hard_label_cross_entropy(student_logits, labels, self.label_smoothing)
+        logs["ce"] = hard.detach()
+        loss = self.alpha * hard + (1.0 - self.alpha) * soft
+        return StepOutput(loss=loss, logits=student_logits, logs=logs)
+
+
+@METHODS.register("hinton")
+class HintonDistillation(TeacherLogitMethod):
+    """Hinton et al. 2015: soft targets at temperature T (KL · T²) plus hard labels at T = 1.
+
+    Example::
+
+        method = HintonDistillation(student, teacher, temperature=4.0, alpha=0.1)
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5,
+                 label_smoothing: float = 0.0) -> None:
+        if temperature <= 0:
+            raise ConfigError(f"temperature must be > 0, got {temperature}; typical values are 1 to 20")
+        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing)
+        self.temperature = temperature
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return soft_target_kl(student_logits, teacher_logits, self.temperature)
+
+
+@METHODS.register("logit_mse")
+class LogitMatching(TeacherLogitMethod):
+    """Matching the teacher's logits by mean squared error: the high-temperature limit of Hinton's loss.
+
+    Example::
+
+        method = LogitMatching(student, teacher, alpha=0.1)
+    """
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return logit_mse(student_logits, teacher_logits)

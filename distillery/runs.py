@@ -1,0 +1,152 @@
+"""Config-driven runs: data, model and method built from a RunConfig, results written to a run directory."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distillery.api import evaluate, fit_method
+from distillery.config import DataConfig, RunConfig, dump_config
+from distillery.data import ArrayDataset, Augmentation, BatchIterator, Normalizer, load_dataset, train_val_split
+from distillery.engine import RunDirectory
+from distillery.errors import ModelError
+from distillery.methods import create_method
+from distillery.models import build_model, count_parameters
+from distillery.models.checkpoint import load_model
+from distillery.teachers import load_teacher
+
+# Every run of a comparison must validate and test on the same samples, whatever its own seed.
+SPLIT_SEED = 0
+
+
+@dataclass
+class PreparedData:
+    train: ArrayDataset          # raw pixels: augmentation works on them, normalisation follows per batch
+    val: ArrayDataset | None     # normalised
+    test: ArrayDataset           # normalised
+    normalizer: Normalizer | None
+    augmentation: Augmentation
+
+
+def _seeded_subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
+    if limit is None or limit >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    return dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
+
+
+def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None) -> PreparedData:
+    """Load, limit, split and normalise; ``preprocessing`` (a teacher's) replaces fitting a new normaliser."""
+    train_full, test = load_dataset(data.dataset, data.path)
+    train_full = _seeded_subset(train_full, data.train_limit)
+    test = _seeded_subset(test, data.test_limit)
+    train, val = train_val_split(train_full, data.val_fraction, seed=SPLIT_SEED)
+    if preprocessing is not None:
+        normalizer = Normalizer.from_dict(preprocessing)
+    else:
+        normalizer = Normalizer.fit(train) if data.normalize else None
+    if normalizer is not None:
+        val = normalizer.apply(val) if val is not None else None
+        test = normalizer.apply(test)
+    augmentation = Augmentation(data.augment.shift, data.augment.crop_padding, data.augment.flip)
+    return PreparedData(train, val, test, normalizer, augmentation)
+
+
+def _check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str) -> None:
+    shape = tuple(dataset.input_shape)
+    if tuple(metadata["input_shape"]) != shape:
+        raise ModelError(f"{role} {path} takes inputs of shape {tuple(metadata['input_shape'])} "
+                         f"but the data has {shape}; use the data the {role} was trained for")
+    if int(metadata["num_classes"]) != dataset.num_classes:
+        raise ModelError(f"{role} {path} predicts {metadata['num_classes']} classes but the data "
+                         f"has {dataset.num_classes}; the {role} and the data must share their classes")
+
+
+def run(config: RunConfig, *, overwrite: bool = False) -> Path:
+    """Train (``config.distill`` absent) or distil a model as configured; returns the run directory.
+
+    Example::
+
+        run_dir = run(load_config("configs/digits_distill.yaml"))
+    """
+    run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
+    teacher: nn.Module | None = None
+    preprocessing = None
+    if config.distill is not None:
+        teacher, teacher_metadata = load_teacher(config.distill.teacher)
+        preprocessing = teacher_metadata.get("preprocessing")
+    data = prepare_data(config.data, preprocessing)
+    if teacher is not None:
+        _check_model_fits(teacher_metadata, data.train, config.distill.teacher, "teacher")
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, data.train.input_shape, data.train.num_classes)
+    method = _method_for(config, model, teacher)
+    run_dir.start(dump_config(config))  # only now: a config or teacher error must not touch the directory
+    metadata = _metadata(config, data, model)
+
+    def after_epoch(record: dict[str, Any], trainer) -> None:
+        run_dir.append_metrics(record)
+        run_dir.save_model("last", trainer.method.student, {**metadata, "epoch": record["epoch"]})
+
+    train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
+                                  augmentation=data.augmentation, transform=data.normalizer)
+    val_batches = BatchIterator(data.val, 512) if data.val is not None else None
+    train = config.train
+    result = fit_method(method, train_batches, val_batches, epochs=train.epochs, lr=train.lr,
+                        optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
+                        schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
+                        on_epoch_end=after_epoch, description=metadata["role"])
+    evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
+                          latency=config.measure_latency)
+    run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
+    run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
+    return run_dir.path
+
+
+def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None):
+    if config.distill is None:
+        return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
+    options = config.distill.model_dump(exclude={"teacher", "method"})
+    return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,
+                         **options)
+
+
+def _metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[str, Any]:
+    return {
+        "role": config.role or ("distilled" if config.distill else "scratch"),
+        "architecture": config.model,
+        "input_shape": list(data.train.input_shape),
+        "num_classes": data.train.num_classes,
+        "class_names": list(data.train.class_names),
+        "preprocessing": data.normalizer.to_dict() if data.normalizer else None,
+        "dataset": {"name": config.data.dataset, "path": config.data.path},
+        "parameters": count_parameters(model),
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, dataset: str | None = None,
+                        data_path: str | None = None, test_limit: int | None = None,
+                        latency: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split of its own dataset (or ``dataset``), with its own preprocessing.
+
+    Example::
+
+        metrics = evaluate_checkpoint("runs/distilled", teacher="runs/teacher")
+    """
+    model, metadata = load_model(path)
+    recorded = metadata.get("dataset") or {}
+    data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
+                             path=data_path if dataset or data_path else recorded.get("path"),
+                             test_limit=test_limit, val_fraction=0.0, normalize=False)
+    data = prepare_data(data_config, metadata.get("preprocessing"))
+    _check_model_fits(metadata, data.test, path, "model")
+    teacher_model = None
+    if teacher is not None:
+        teacher_model, teacher_metadata = load_teacher(teacher)
+        _check_model_fits(teacher_metadata, data.test, teacher, "teacher")
+    result = evaluate(model, BatchIterator(data.test, 512), teacher=teacher_model, latency=latency)
+    return {"name": Path(path).name, "role": metadata.get("role"), "split": "test", **result}
