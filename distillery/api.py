@@ -61,7 +61,7 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
     """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you."""
     train_batches = as_batches(train_data, batch_size, shuffle=True, seed=seed)
     val_batches = as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed) if val_data is not None else None
-    steps_per_epoch = len(train_batches) if hasattr(train_batches, "__len__") else 1
+    steps_per_epoch = _steps_per_epoch(train_batches, schedule)
     target = resolve_device(device)
     method.to(target)
     opt = build_optimizer(method.trainable_parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
@@ -70,6 +70,17 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
     fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
     method.student.load_state_dict(fitted.best_state)
     return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics, best_epoch=fitted.best_epoch)
+
+
+def _steps_per_epoch(batches: Iterable, schedule: str) -> int:
+    # Per-step schedules must know the run's length up front; a constant one does not.
+    try:
+        return len(batches)
+    except TypeError:
+        if schedule == "constant":
+            return 1
+        raise DataError(f"the training data ({type(batches).__name__}) has no length, which the {schedule!r} "
+                        "schedule needs; pass a sized DataLoader or list, or schedule='constant'") from None
 
 
 def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoothing: float = 0.0,
@@ -90,12 +101,15 @@ def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoo
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: Any = None, *,
-            method: str = "hinton", temperature: float = 4.0, alpha: float = 0.5, label_smoothing: float = 0.0,
-            seed: int = 0, **options: Any) -> Result:
+            method: str = "hinton", temperature: float | None = None, alpha: float | None = None,
+            label_smoothing: float = 0.0, method_options: dict[str, Any] | None = None, seed: int = 0,
+            **options: Any) -> Result:
     """Distil ``teacher`` into ``student``: the teacher is frozen and kept in eval mode, only the student trains.
 
-    ``method`` is "hinton" (soft targets at ``temperature``, KL·T², plus ``alpha`` · hard-label CE at T=1)
-    or "logit_mse" (alpha · CE + (1 − alpha) · MSE between logits). Other options as for :func:`train`.
+    ``method``: "hinton" (soft targets at ``temperature``, KL·T², plus ``alpha`` · hard-label CE at T=1;
+    defaults T=4, alpha=0.5), "logit_mse" (alpha · CE + (1 − alpha) · MSE between logits), "dkd" or
+    "dist". Further method keywords (``standardize``, ``nckd_weight``, ...) go in ``method_options``;
+    None means the method's default. Training options as for :func:`train`.
 
     Example::
 
@@ -104,7 +118,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
     """
     torch.manual_seed(seed)
     built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
-                          label_smoothing=label_smoothing)
+                          label_smoothing=label_smoothing, **(method_options or {}))
     return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
 
 

@@ -34,42 +34,37 @@ def user_errors(command):
     return wrapper
 
 
-def _load(config_path: Path, overrides: list[str], quiet: bool):
-    return load_config(config_path, overrides + (["progress=false"] if quiet else []))
+def _run_config(config_path: Path, overrides: list[str], overwrite: bool, quiet: bool, *, distilling: bool) -> None:
+    resolved = load_config(config_path, overrides + (["progress=false"] if quiet else []))
+    if distilling and resolved.distill is None:
+        raise ConfigError(f"{config_path} has no distill: section (teacher, method, temperature, alpha); "
+                          "add one, or use `distillery train`")
+    if not distilling and resolved.distill is not None:
+        raise ConfigError(f"{config_path} has a distill: section; run `distillery distill {config_path}` instead")
+    run_dir = run(resolved, overwrite=overwrite)
+    evaluation = json.loads((run_dir / "evaluation.json").read_text())
+    typer.echo(f"{run_dir}: test accuracy {evaluation['accuracy']:.2%}, {evaluation['parameters']:,} parameters")
+
+
+OVERWRITE = typer.Option(False, help="Replace a finished run in output_dir.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+OVERRIDES = typer.Option([], "--set", help=SET_HELP)
 
 
 @app.command()
 @user_errors
 def train(config: Path = typer.Argument(..., help="Run configuration (YAML)."),
-          set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-          overwrite: bool = typer.Option(False, help="Replace a finished run in output_dir."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+          set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
     """Train a model on labels: a teacher, or a student from scratch."""
-
-    resolved = _load(config, set_, quiet)
-    if resolved.distill is not None:
-        raise ConfigError(f"{config} has a distill: section; run `distillery distill {config}` instead")
-    _finish(run(resolved, overwrite=overwrite))
+    _run_config(config, set_, overwrite, quiet, distilling=False)
 
 
 @app.command()
 @user_errors
 def distill(config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
-            set_: List[str] = typer.Option([], "--set", help=SET_HELP),
-            overwrite: bool = typer.Option(False, help="Replace a finished run in output_dir."),
-            quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+            set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
     """Distil a student from a teacher checkpoint (Hinton's soft targets or logit matching)."""
-
-    resolved = _load(config, set_, quiet)
-    if resolved.distill is None:
-        raise ConfigError(f"{config} has no distill: section (teacher, method, temperature, alpha); "
-                          "add one, or use `distillery train`")
-    _finish(run(resolved, overwrite=overwrite))
-
-
-def _finish(run_dir: Path) -> None:
-    evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    typer.echo(f"{run_dir}: test accuracy {evaluation['accuracy']:.2%}, {evaluation['parameters']:,} parameters")
+    _run_config(config, set_, overwrite, quiet, distilling=True)
 
 
 @app.command()

@@ -43,10 +43,19 @@ class TrainConfig(Strict):
 
 
 class DistillConfig(Strict):
+    """Which teacher and method; a method option left out (null) takes that method's own default."""
+
     teacher: str = Field(description="the teacher's run directory or checkpoint")
-    method: Literal["hinton", "logit_mse"] = "hinton"
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the hard-label term")
+    method: Literal["hinton", "logit_mse", "dkd", "dist"] = "hinton"
+    temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
+    alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
+    standardize: Optional[bool] = Field(None, description="z-score logits before the soft loss")
+    ce_weight: Optional[float] = Field(None, ge=0.0, description="dkd: weight of the hard-label term")
+    tckd_weight: Optional[float] = Field(None, ge=0.0, description="dkd: target-class term weight")
+    nckd_weight: Optional[float] = Field(None, ge=0.0, description="dkd: non-target-class term weight")
+    warmup_epochs: Optional[int] = Field(None, ge=0, description="dkd: epochs over which the loss ramps in")
+    beta: Optional[float] = Field(None, ge=0.0, description="dist: inter-class relation weight")
+    gamma: Optional[float] = Field(None, ge=0.0, description="dist: intra-class relation weight")
 
 
 class RunConfig(Strict):

@@ -109,7 +109,7 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
 def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None):
     if config.distill is None:
         return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
-    options = config.distill.model_dump(exclude={"teacher", "method"})
+    options = config.distill.model_dump(exclude={"teacher", "method"}, exclude_none=True)
     return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,
                          **options)
 

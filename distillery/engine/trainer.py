@@ -69,6 +69,7 @@ class Trainer:
         for epoch in range(1, self.epochs + 1):
             if hasattr(train_batches, "set_epoch"):
                 train_batches.set_epoch(epoch)
+            self.method.set_epoch(epoch)
             started = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             record.update(self.train_epoch(train_batches, epoch))
@@ -77,6 +78,8 @@ class Trainer:
                 record.update(validate(self.method.student, val_batches, self.device))
             result.history.append(record)
             self._keep_if_best(result, record)
+            if self.progress:
+                tqdm.write(self._summary(record), file=sys.stderr)
             if on_epoch_end is not None:
                 on_epoch_end(record, self)
         return result
@@ -106,6 +109,13 @@ class Trainer:
         if seen == 0:
             raise DataError("the training data yielded no batches")
         return {f"train/{name}": (total / seen).item() for name, total in totals.items()}
+
+    def _summary(self, record: dict[str, Any]) -> str:
+        parts = [f"{self.description} epoch {record['epoch']}/{self.epochs}", f"loss {record['train/loss']:.4f}"]
+        if "val/accuracy" in record:
+            parts.append(f"val accuracy {record['val/accuracy']:.2%}")
+        parts.append(f"{record['epoch_time_s']:.1f} s")
+        return " | ".join(parts)
 
     def _keep_if_best(self, result: FitResult, record: dict[str, Any]) -> None:
         # Without validation data the last epoch counts as the best.

@@ -48,5 +48,8 @@ class Method(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Told at the start of every epoch (counted from 1); methods with schedules override it."""
+
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
         raise NotImplementedError

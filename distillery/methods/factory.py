@@ -6,22 +6,26 @@ from typing import Any
 
 from torch import nn
 
+from distillery.errors import ConfigError
 from distillery.methods.base import METHODS, Method
 
 
 def create_method(name: str, student: nn.Module, teacher: nn.Module | None = None, **options: Any) -> Method:
-    """The method registered as ``name``, given only the options its constructor declares.
-
-    Options a method does not use (``temperature`` for ``logit_mse``) are dropped, so one
-    config section serves every method.
+    """The method registered as ``name``, built with ``options`` (None means the method's default).
 
     Example::
 
         method = create_method("hinton", student, teacher, temperature=4.0, alpha=0.1)
     """
     method_class = METHODS.get(name)
-    accepted = inspect.signature(method_class.__init__).parameters
-    kwargs = {key: value for key, value in options.items() if key in accepted}
+    accepted = [key for key in inspect.signature(method_class.__init__).parameters if key not in ("self", "student")]
+    given = {key: value for key, value in options.items() if value is not None}
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        takes = ", ".join(key for key in accepted if key != "teacher") or "no options"
+        raise ConfigError(f"method {name!r} does not take {', '.join(unknown)}; it takes: {takes}")
     if "teacher" in accepted:
-        kwargs["teacher"] = teacher
-    return method_class(student, **kwargs)
+        if teacher is None:
+            raise ConfigError(f"method {name!r} needs a teacher")
+        given["teacher"] = teacher
+    return method_class(student, **given)

@@ -5,28 +5,24 @@ import torch
 from torch import nn
 
 from distillery.errors import ConfigError, ModelError
-from distillery.losses import hard_label_cross_entropy, logit_mse, soft_target_kl
+from distillery.losses import hard_label_cross_entropy, logit_mse, soft_target_kl, standardize_logits
 from distillery.methods.base import METHODS, Method, StepOutput
 
 
-class TeacherLogitMethod(Method):
-    """alpha · CE(student, labels) + (1 − alpha) · soft_loss(student, teacher).
+class SingleTeacherMethod(Method):
+    """A student that learns from one frozen teacher's logits, optionally z-scored first.
 
-    Without labels (an unlabeled transfer set) only the soft term is used.
+    With ``standardize`` on, both logit vectors are z-scored per sample before the soft loss
+    (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024), never before
+    the hard-label cross-entropy: the student's raw logits are what it predicts with.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, *, alpha: float, label_smoothing: float = 0.0) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, standardize: bool = False) -> None:
         super().__init__(student)
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {alpha}; it weights the hard-label term")
         self.add_teacher("teacher", teacher)
-        self.alpha = alpha
-        self.label_smoothing = label_smoothing
+        self.standardize = standardize
 
-    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+    def student_and_teacher_logits(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             teacher_logits = self.teacher(inputs)
         student_logits = self.student(inputs)
@@ -35,7 +31,36 @@ class TeacherLogitMethod(Method):
                 f"teacher outputs {tuple(teacher_logits.shape[1:])} but student outputs "
                 f"{tuple(student_logits.shape[1:])}; both must predict the same classes"
             )
-        soft = self.soft_loss(student_logits, teacher_logits)
+        return student_logits, teacher_logits
+
+    def soft_loss_inputs(self, student_logits: torch.Tensor,
+                         teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits the soft loss compares: z-scored when ``standardize`` is on."""
+        if not self.standardize:
+            return student_logits, teacher_logits
+        return standardize_logits(student_logits), standardize_logits(teacher_logits)
+
+
+class TeacherLogitMethod(SingleTeacherMethod):
+    """alpha · CE(student, labels) + (1 − alpha) · soft_loss(student, teacher).
+
+    Without labels (an unlabeled transfer set) only the soft term is used.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, alpha: float = 0.5, label_smoothing: float = 0.0,
+                 standardize: bool = False) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {alpha}; it weights the hard-label term")
+        super().__init__(student, teacher, standardize=standardize)
+        self.alpha = alpha
+        self.label_smoothing = label_smoothing
+
+    def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+        student_logits, teacher_logits = self.student_and_teacher_logits(inputs)
+        soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits))
         logs = {"kd": soft.detach()}
         if labels is None:
             return StepOutput(loss=soft, logits=student_logits, logs=logs)
@@ -49,16 +74,19 @@ class TeacherLogitMethod(Method):
 class HintonDistillation(TeacherLogitMethod):
     """Hinton et al. 2015: soft targets at temperature T (KL · T²) plus hard labels at T = 1.
 
+    ``standardize=True`` is KD with logit standardisation (Sun et al. 2024; their CIFAR-100
+    recipe: T = 2, CE weight 0.1, KD weight 9).
+
     Example::
 
         method = HintonDistillation(student, teacher, temperature=4.0, alpha=0.1)
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, standardize: bool = False) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}; typical values are 1 to 20")
-        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing)
+        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing, standardize=standardize)
         self.temperature = temperature
 
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -68,6 +96,8 @@ class HintonDistillation(TeacherLogitMethod):
 @METHODS.register("logit_mse")
 class LogitMatching(TeacherLogitMethod):
     """Matching the teacher's logits by mean squared error: the high-temperature limit of Hinton's loss.
+
+    With ``standardize=True`` it matches z-scored logits, ignoring each vector's offset and scale.
 
     Example::
 
