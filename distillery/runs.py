@@ -17,6 +17,7 @@ from distillery.methods import create_method
 from distillery.models import build_model, count_parameters
 from distillery.models.checkpoint import load_model
 from distillery.teachers import load_teacher
+from distillery.teachers.precomputed import precompute_logits
 
 # Every run of a comparison must validate and test on the same samples, whatever its own seed.
 SPLIT_SEED = 0
@@ -94,6 +95,9 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
                                   augmentation=data.augmentation, transform=data.normalizer)
     val_batches = BatchIterator(data.val, 512) if data.val is not None else None
+    if teacher is not None and not data.augmentation.enabled and hasattr(method, "use_precomputed_teacher_logits"):
+        ordered = BatchIterator(data.train, 512, transform=data.normalizer)
+        method.use_precomputed_teacher_logits(precompute_logits(teacher, ordered, len(data.train)))
     train = config.train
     result = fit_method(method, train_batches, val_batches, epochs=train.epochs, lr=train.lr,
                         optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,

@@ -96,3 +96,22 @@ def test_create_method_refuses_options_the_method_does_not_take():
         create_method("hinton", nn.Linear(6, 3))
     with pytest.raises(ConfigError, match="hinton"):
         create_method("no-such-method", nn.Linear(6, 3))
+
+
+def test_precomputed_teacher_logits_give_the_same_step_as_the_live_teacher():
+    from distillery.data import ArrayDataset, BatchIterator
+    from distillery.teachers.precomputed import precompute_logits
+
+    torch.manual_seed(0)
+    dataset = ArrayDataset(torch.randn(40, 6), torch.randint(0, 3, (40,)), ["a", "b", "c"])
+    teacher = teacher_with_dropout_and_batch_norm()
+    table = precompute_logits(teacher, BatchIterator(dataset, 7), len(dataset))
+    live = HintonDistillation(nn.Linear(6, 3), teacher, temperature=3.0, alpha=0.2)
+    cached = HintonDistillation(nn.Linear(6, 3), teacher, temperature=3.0, alpha=0.2)
+    cached.student.load_state_dict(live.student.state_dict())
+    cached.use_precomputed_teacher_logits(table)
+    for inputs, labels, indices in BatchIterator(dataset, 16, shuffle=True, seed=4):
+        expected = live.step(inputs, labels, indices)
+        got = cached.step(inputs, labels, indices)
+        assert torch.allclose(got.loss, expected.loss, atol=1e-6)
+        assert torch.allclose(got.logs["kd"], expected.logs["kd"], atol=1e-6)

@@ -21,10 +21,21 @@ class SingleTeacherMethod(Method):
         super().__init__(student)
         self.add_teacher("teacher", teacher)
         self.standardize = standardize
+        self.precomputed_teacher_logits: torch.Tensor | None = None
 
-    def student_and_teacher_logits(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            teacher_logits = self.teacher(inputs)
+    def use_precomputed_teacher_logits(self, logits: torch.Tensor) -> None:
+        """Look the teacher's logits up by sample index instead of running it (deterministic transfer sets)."""
+        self.precomputed_teacher_logits = logits
+
+    def student_and_teacher_logits(self, inputs: torch.Tensor,
+                                   indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.precomputed_teacher_logits is not None:
+            if indices is None:
+                raise ValueError("precomputed teacher logits need the batches' sample indices")
+            teacher_logits = self.precomputed_teacher_logits[indices].to(inputs.device)
+        else:
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs)
         student_logits = self.student(inputs)
         if teacher_logits.shape != student_logits.shape:
             raise ModelError(
@@ -59,7 +70,7 @@ class TeacherLogitMethod(SingleTeacherMethod):
         raise NotImplementedError
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs)
+        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
         soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits))
         logs = {"kd": soft.detach()}
         if labels is None:
