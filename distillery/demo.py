@@ -11,7 +11,7 @@ from distillery.eval.report import comparison_table, load_run, write_report
 from distillery.runs import run
 
 # Per dataset: the data section (with the teacher's additions), the teacher and student architectures and their training budgets.
-# The digits recipe finishes in well under 3 minutes on 2 CPU cores; Fashion-MNIST in about 6.
+# The digits recipe finishes in well under 3 minutes on 2 CPU cores; Fashion-MNIST in about 5.
 DEMOS: dict[str, dict[str, Any]] = {
     "digits": {
         "data": {"dataset": "digits", "val_fraction": 0.15},
