@@ -160,3 +160,15 @@ def test_sparse_run_renders_with_dashes(tmp_path):
     row = comparison_table([load_run(run_dir)]).splitlines()[2]
     assert row == "| bare | scratch | 50.00% | – | – | – | – | – | – | – |"
     assert all(paths[key].read_bytes().startswith(PNG_MAGIC) for key in ("learning_curves", "comparison", "reliability"))
+
+
+def test_a_loss_is_worded_as_widening_the_gap():
+    from distillery.eval.report import RunRecord, comparison_table
+
+    def record(name, role, accuracy):
+        return RunRecord(run_dir=Path(name), name=name, role=role, history=[], evaluation={"accuracy": accuracy},
+                         metadata={})
+
+    table = comparison_table([record("t", "teacher", 0.95), record("s", "scratch", 0.90), record("d", "distilled", 0.89)])
+    assert "by -1.00 points" in table and "widening the teacher–scratch gap by 20%" in table
+    assert "closing" not in table

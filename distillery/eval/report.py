@@ -212,7 +212,10 @@ def _gain_sentence(distilled: RunRecord, scratch: RunRecord, teacher: RunRecord 
     # A gap is only meaningful when the teacher beats the scratch student.
     if _is_number(teacher_accuracy) and teacher_accuracy > scratch_accuracy:
         share = gain / (100 * (teacher_accuracy - scratch_accuracy))
-        sentence += f" (closing {100 * share:.0f}% of the teacher–scratch gap)"
+        if share >= 0:
+            sentence += f" (closing {100 * share:.0f}% of the teacher–scratch gap)"
+        else:
+            sentence += f" (widening the teacher–scratch gap by {-100 * share:.0f}%)"
     return sentence
 
 
