@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distillery.errors import ConfigError
 
@@ -58,6 +58,23 @@ class DistillConfig(Strict):
     gamma: Optional[float] = Field(None, ge=0.0, description="dist: intra-class relation weight")
 
 
+class TransferConfig(Strict):
+    """The transfer set a student distils on, when it is not simply the labelled training split."""
+
+    labels: bool = Field(True, description="false: soft targets only, the hard-label term is dropped")
+    classes: Optional[list[str]] = Field(None, description="keep only these classes (by name)")
+    exclude_classes: Optional[list[str]] = Field(None, description="leave these classes out (by name)")
+    dataset: Optional[str] = Field(None, description="take the transfer set from this source's training split")
+    path: Optional[str] = None
+    limit: Optional[int] = Field(None, ge=1, description="use only this many transfer samples")
+
+    @field_validator("classes", "exclude_classes", mode="before")
+    @classmethod
+    def _names_as_text(cls, value: Any) -> Any:
+        # YAML reads a class named 3 as a number.
+        return [str(name) for name in value] if isinstance(value, list) else value
+
+
 class RunConfig(Strict):
     output_dir: str
     seed: int = 0
@@ -68,8 +85,15 @@ class RunConfig(Strict):
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "mlp"})
     train: TrainConfig = TrainConfig()
     distill: Optional[DistillConfig] = None
+    transfer: Optional[TransferConfig] = None
     measure_latency: bool = True
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _transfer_needs_a_teacher(self) -> "RunConfig":
+        if self.transfer is not None and self.distill is None:
+            raise ValueError("transfer: describes a distillation's transfer set; add a distill: section or remove it")
+        return self
 
     @field_validator("model")
     @classmethod

@@ -9,10 +9,18 @@ import torch
 from torch import nn
 
 from distillery.api import evaluate, fit_method
-from distillery.config import DataConfig, RunConfig, dump_config
-from distillery.data import ArrayDataset, Augmentation, BatchIterator, Normalizer, load_dataset, train_val_split
+from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config
+from distillery.data import (
+    ArrayDataset,
+    Augmentation,
+    BatchIterator,
+    Normalizer,
+    filter_classes,
+    load_dataset,
+    train_val_split,
+)
 from distillery.engine import RunDirectory
-from distillery.errors import ModelError
+from distillery.errors import DataError, ModelError
 from distillery.methods import create_method
 from distillery.models import build_model, count_parameters
 from distillery.models.checkpoint import load_model
@@ -39,12 +47,36 @@ def _seeded_subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
     return dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
 
 
-def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None) -> PreparedData:
-    """Load, limit, split and normalise; ``preprocessing`` (a teacher's) replaces fitting a new normaliser."""
+def _transfer_set(train: ArrayDataset, transfer: TransferConfig) -> ArrayDataset:
+    """The training split, or another source's training data, restricted to the chosen classes."""
+    if transfer.dataset is not None:
+        train = _seeded_subset(load_dataset(transfer.dataset, transfer.path)[0], transfer.limit)
+    elif transfer.limit is not None:
+        train = _seeded_subset(train, transfer.limit)
+    if transfer.classes or transfer.exclude_classes:
+        train = filter_classes(train, transfer.classes, transfer.exclude_classes)
+    return train
+
+
+def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
+                 transfer: TransferConfig | None = None) -> PreparedData:
+    """Load, limit, split and normalise; ``preprocessing`` (a teacher's) replaces fitting a new normaliser.
+
+    With ``transfer``, the training set becomes that transfer set; validation and test stay the
+    evaluation dataset's, over all its classes.
+    """
     train_full, test = load_dataset(data.dataset, data.path)
     train_full = _seeded_subset(train_full, data.train_limit)
     test = _seeded_subset(test, data.test_limit)
     train, val = train_val_split(train_full, data.val_fraction, seed=SPLIT_SEED)
+    if transfer is not None:
+        train = _transfer_set(train, transfer)
+        if train.input_shape != test.input_shape:
+            raise DataError(f"the transfer set ({train.source}) has inputs of shape {train.input_shape} but the "
+                            f"evaluation data has {test.input_shape}; both must feed the same student")
+        if transfer.labels and train.class_names != test.class_names:
+            raise DataError(f"the transfer set ({train.source}) names its classes differently from the evaluation "
+                            "data, so its labels cannot be used; set transfer.labels: false")
     if preprocessing is not None:
         normalizer = Normalizer.from_dict(preprocessing)
     else:
@@ -79,11 +111,12 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     if config.distill is not None:
         teacher, teacher_metadata = load_teacher(config.distill.teacher)
         preprocessing = teacher_metadata.get("preprocessing")
-    data = prepare_data(config.data, preprocessing)
+    data = prepare_data(config.data, preprocessing, config.transfer)
     if teacher is not None:
-        _check_model_fits(teacher_metadata, data.train, config.distill.teacher, "teacher")
+        _check_model_fits(teacher_metadata, data.test, config.distill.teacher, "teacher")
     torch.manual_seed(config.seed)
-    model = build_model(config.model, data.train.input_shape, data.train.num_classes)
+    # The evaluation data's classes, not the transfer set's: a student distilled without some class still predicts it.
+    model = build_model(config.model, data.test.input_shape, data.test.num_classes)
     method = _method_for(config, model, teacher)
     run_dir.start(dump_config(config))  # only now: a config or teacher error must not touch the directory
     metadata = _metadata(config, data, model)
@@ -92,8 +125,9 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         run_dir.append_metrics(record)
         run_dir.save_model("last", trainer.method.student, {**metadata, "epoch": record["epoch"]})
 
+    with_labels = config.transfer is None or config.transfer.labels
     train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
-                                  augmentation=data.augmentation, transform=data.normalizer)
+                                  augmentation=data.augmentation, transform=data.normalizer, with_labels=with_labels)
     val_batches = BatchIterator(data.val, 512) if data.val is not None else None
     if teacher is not None and not data.augmentation.enabled and hasattr(method, "use_precomputed_teacher_logits"):
         ordered = BatchIterator(data.train, 512, transform=data.normalizer)
@@ -122,9 +156,9 @@ def _metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[s
     return {
         "role": config.role or ("distilled" if config.distill else "scratch"),
         "architecture": config.model,
-        "input_shape": list(data.train.input_shape),
-        "num_classes": data.train.num_classes,
-        "class_names": list(data.train.class_names),
+        "input_shape": list(data.test.input_shape),
+        "num_classes": data.test.num_classes,
+        "class_names": list(data.test.class_names),
         "preprocessing": data.normalizer.to_dict() if data.normalizer else None,
         "dataset": {"name": config.data.dataset, "path": config.data.path},
         "parameters": count_parameters(model),

@@ -33,6 +33,7 @@ class BatchIterator:
         augmentation: Optional[Augmentation] = None,
         transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         drop_last: bool = False,
+        with_labels: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -43,6 +44,7 @@ class BatchIterator:
         self.augmentation = augmentation
         self.transform = transform
         self.drop_last = drop_last
+        self.with_labels = with_labels  # False: an unlabeled transfer set, batches carry None for labels
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,7 +55,7 @@ class BatchIterator:
         # A large odd multiplier keeps (seed, epoch) pairs from colliding for any realistic epoch count.
         return torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
         generator = self._generator()
         size = len(self.dataset)
         order = torch.randperm(size, generator=generator) if self.shuffle else torch.arange(size)
@@ -66,7 +68,7 @@ class BatchIterator:
                 batch_inputs = self.augmentation(batch_inputs, generator)
             if self.transform is not None:
                 batch_inputs = self.transform(batch_inputs)
-            yield batch_inputs, batch_labels, indices
+            yield batch_inputs, (batch_labels if self.with_labels else None), indices
 
     def __len__(self) -> int:
         if self.drop_last:

@@ -1,0 +1,40 @@
+"""Transfer sets: the data a student distils on, restricted to chosen classes."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from distillery.data.dataset import ArrayDataset
+from distillery.errors import ConfigError, DataError
+
+
+def _class_ids(dataset: ArrayDataset, names: Sequence[str | int], setting: str) -> set[int]:
+    ids = set()
+    for name in names:
+        name = str(name)  # YAML reads a class named 3 as the number 3
+        if name not in dataset.class_names:
+            raise ConfigError(f"{setting} names class {name!r}, which {dataset.source or 'the data'} does not have; "
+                              f"its classes are: {', '.join(dataset.class_names)}")
+        ids.add(dataset.class_names.index(name))
+    return ids
+
+
+def filter_classes(dataset: ArrayDataset, keep: Sequence[str | int] | None = None,
+                   drop: Sequence[str | int] | None = None) -> ArrayDataset:
+    """The samples of ``dataset`` whose class is in ``keep`` (all when None) and not in ``drop``.
+
+    Class names and the label space are unchanged: a student distilled on a transfer set without
+    some class still predicts over every class, and can learn it from the teacher's soft targets.
+
+    Example::
+
+        transfer = filter_classes(train, drop=["3"])   # Hinton et al.'s MNIST transfer set without 3s
+    """
+    chosen = _class_ids(dataset, keep, "transfer.classes") if keep else set(range(dataset.num_classes))
+    chosen -= _class_ids(dataset, drop or [], "transfer.exclude_classes")
+    mask = torch.isin(dataset.labels, torch.tensor(sorted(chosen), dtype=dataset.labels.dtype))
+    if not bool(mask.any()):
+        raise DataError(f"the transfer set from {dataset.source or 'the data'} is empty after the class filter; "
+                        "keep at least one class that has samples")
+    return dataset.subset(mask.nonzero().squeeze(1))
