@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -45,7 +45,12 @@ class TrainConfig(Strict):
 class DistillConfig(Strict):
     """Which teacher and method; a method option left out (null) takes that method's own default."""
 
-    teacher: str = Field(description="the teacher's run directory or checkpoint")
+    teacher: Union[str, list[str]] = Field(description="the teacher's run directory or checkpoint, or a list: an ensemble")
+    teacher_weights: Optional[list[float]] = Field(None, description="ensemble: one weight per teacher (equal)")
+    ensemble: Literal["probabilities", "logits"] = Field(
+        "probabilities", description="ensemble: average the tempered probabilities (Hinton) or the logits")
+    init_from_teacher: bool = Field(False, description="copy the (first) teacher's weights where names and shapes match")
+    init_layer_map: Optional[dict[str, str]] = Field(None, description="student module path -> teacher module path")
     method: Literal["hinton", "logit_mse", "dkd", "dist"] = "hinton"
     temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
@@ -56,6 +61,18 @@ class DistillConfig(Strict):
     warmup_epochs: Optional[int] = Field(None, ge=0, description="dkd: epochs over which the loss ramps in")
     beta: Optional[float] = Field(None, ge=0.0, description="dist: inter-class relation weight")
     gamma: Optional[float] = Field(None, ge=0.0, description="dist: intra-class relation weight")
+
+    @model_validator(mode="after")
+    def _teacher_settings_agree(self) -> "DistillConfig":
+        count = len(self.teacher) if isinstance(self.teacher, list) else 1
+        if count == 0:
+            raise ValueError("the list of teachers is empty; name at least one run directory")
+        if self.teacher_weights is not None and len(self.teacher_weights) != count:
+            raise ValueError(f"teacher_weights has {len(self.teacher_weights)} weights for {count} teachers; "
+                             "give one weight per teacher")
+        if self.init_layer_map is not None and not self.init_from_teacher:
+            raise ValueError("init_layer_map is set but init_from_teacher is false; set init_from_teacher: true")
+        return self
 
 
 class TransferConfig(Strict):
@@ -128,6 +145,9 @@ def _describe(error: ValidationError, source: str) -> str:
         return f"{source}: unknown key {key!r}{hint}"
     if first["type"] == "missing":
         return f"{source}: {key} is required; add it to the config"
+    if first["type"] == "value_error":
+        # Our own checks already name the problem and the fix.
+        return f"{source}: {key}: {first['msg'].removeprefix('Value error, ')}"
     return f"{source}: {key} = {first.get('input')!r} is invalid: {first['msg'].lower()}; fix it in the config or with --set {key}=..."
 
 

@@ -1,6 +1,7 @@
 """Config-driven runs: data, model and method built from a RunConfig, results written to a run directory."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,11 @@ from distillery.data import (
 )
 from distillery.engine import RunDirectory
 from distillery.errors import DataError, ModelError
-from distillery.methods import create_method
-from distillery.models import build_model, count_parameters
+from distillery.methods import create_method, method_default
+from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
 from distillery.teachers import load_teacher
+from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
 from distillery.teachers.precomputed import precompute_logits
 
 # Every run of a comparison must validate and test on the same samples, whatever its own seed.
@@ -106,20 +108,25 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         run_dir = run(load_config("configs/digits_distill.yaml"))
     """
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
-    teacher: nn.Module | None = None
-    preprocessing = None
-    if config.distill is not None:
-        teacher, teacher_metadata = load_teacher(config.distill.teacher)
-        preprocessing = teacher_metadata.get("preprocessing")
+    teachers = load_teachers(config.distill.teacher) if config.distill is not None else []
+    preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
     data = prepare_data(config.data, preprocessing, config.transfer)
-    if teacher is not None:
-        _check_model_fits(teacher_metadata, data.test, config.distill.teacher, "teacher")
+    for loaded in teachers:
+        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher")
     torch.manual_seed(config.seed)
     # The evaluation data's classes, not the transfer set's: a student distilled without some class still predicts it.
     model = build_model(config.model, data.test.input_shape, data.test.num_classes)
+    metadata = _metadata(config, data, model)
+    teacher = None
+    if teachers:
+        teacher = _teacher_for(config, teachers)
+        if config.distill.init_from_teacher:
+            report = initialize_from_teacher(model, teachers[0].model, config.distill.init_layer_map)
+            metadata["initialized_from_teacher"] = report.summary()
     method = _method_for(config, model, teacher)
     run_dir.start(dump_config(config))  # only now: a config or teacher error must not touch the directory
-    metadata = _metadata(config, data, model)
+    if "initialized_from_teacher" in metadata and config.progress:
+        print(f"student initialised: {metadata['initialized_from_teacher']}", file=sys.stderr)
 
     def after_epoch(record: dict[str, Any], trainer) -> None:
         run_dir.append_metrics(record)
@@ -144,10 +151,20 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     return run_dir.path
 
 
+def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
+    # Probabilities are averaged at the temperature the method softens with, as Hinton et al. average them.
+    temperature = config.distill.temperature or method_default(config.distill.method, "temperature", 1.0)
+    return combine_teachers(teachers, weights=config.distill.teacher_weights, combine=config.distill.ensemble,
+                            temperature=temperature)
+
+
+TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method"}
+
+
 def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None):
     if config.distill is None:
         return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
-    options = config.distill.model_dump(exclude={"teacher", "method"}, exclude_none=True)
+    options = config.distill.model_dump(exclude=TEACHER_SETTINGS, exclude_none=True)
     return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,
                          **options)
 

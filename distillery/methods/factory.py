@@ -29,3 +29,11 @@ def create_method(name: str, student: nn.Module, teacher: nn.Module | None = Non
             raise ConfigError(f"method {name!r} needs a teacher")
         given["teacher"] = teacher
     return method_class(student, **given)
+
+
+def method_default(name: str, option: str, fallback: Any = None) -> Any:
+    """The default a method's constructor gives ``option`` (``fallback`` when it has none)."""
+    parameter = inspect.signature(METHODS.get(name).__init__).parameters.get(option)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
