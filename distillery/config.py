@@ -51,7 +51,7 @@ class DistillConfig(Strict):
         "probabilities", description="ensemble: average the tempered probabilities (Hinton) or the logits")
     init_from_teacher: bool = Field(False, description="copy the (first) teacher's weights where names and shapes match")
     init_layer_map: Optional[dict[str, str]] = Field(None, description="student module path -> teacher module path")
-    method: Literal["hinton", "logit_mse", "dkd", "dist"] = "hinton"
+    method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention"] = "hinton"
     temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
     standardize: Optional[bool] = Field(None, description="z-score logits before the soft loss")
@@ -61,6 +61,14 @@ class DistillConfig(Strict):
     warmup_epochs: Optional[int] = Field(None, ge=0, description="dkd: epochs over which the loss ramps in")
     beta: Optional[float] = Field(None, ge=0.0, description="dist: inter-class relation weight")
     gamma: Optional[float] = Field(None, ge=0.0, description="dist: intra-class relation weight")
+    student_layer: Optional[str] = Field(None, description="fitnet: the student module whose output is hinted")
+    teacher_layer: Optional[str] = Field(None, description="fitnet: the teacher module giving the hint")
+    hint_weight: Optional[float] = Field(None, ge=0.0, description="fitnet: weight of the hint loss")
+    student_layers: Optional[list[str]] = Field(None, description="attention: student module paths")
+    teacher_layers: Optional[list[str]] = Field(None, description="attention: teacher module paths, pairwise")
+    at_weight: Optional[float] = Field(None, ge=0.0, description="attention: weight of the attention loss")
+    p: Optional[float] = Field(None, gt=0.0, description="attention: exponent of the attention map")
+    kd_weight: Optional[float] = Field(None, ge=0.0, description="fitnet, attention: weight of an added Hinton KD term")
 
     @model_validator(mode="after")
     def _teacher_settings_agree(self) -> "DistillConfig":

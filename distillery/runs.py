@@ -22,7 +22,7 @@ from distillery.data import (
 )
 from distillery.engine import RunDirectory
 from distillery.errors import DataError, ModelError
-from distillery.methods import create_method, method_default
+from distillery.methods import create_method, method_accepts, method_default
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
 from distillery.teachers import load_teacher
@@ -123,7 +123,7 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         if config.distill.init_from_teacher:
             report = initialize_from_teacher(model, teachers[0].model, config.distill.init_layer_map)
             metadata["initialized_from_teacher"] = report.summary()
-    method = _method_for(config, model, teacher)
+    method = _method_for(config, model, teacher, data.test.input_shape)
     run_dir.start(dump_config(config))  # only now: a config or teacher error must not touch the directory
     if "initialized_from_teacher" in metadata and config.progress:
         print(f"student initialised: {metadata['initialized_from_teacher']}", file=sys.stderr)
@@ -161,10 +161,12 @@ def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
 TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method"}
 
 
-def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None):
+def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None, input_shape: tuple[int, ...]):
     if config.distill is None:
         return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
     options = config.distill.model_dump(exclude=TEACHER_SETTINGS, exclude_none=True)
+    if method_accepts(config.distill.method, "input_shape"):
+        options["input_shape"] = input_shape  # feature methods size their adapters with one dummy forward
     return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,
                          **options)
 

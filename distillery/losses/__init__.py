@@ -1,12 +1,17 @@
 """Pure loss functions of tensors; methods compose them."""
+from distillery.losses.features import attention_map, attention_transfer, hint_mse, pool_to_common_size
 from distillery.losses.logits import hard_label_cross_entropy, logit_mse, soft_target_kl
 from distillery.losses.modern import decoupled_kd, dist_loss, standardize_logits
 
 __all__ = [
+    "attention_map",
+    "attention_transfer",
     "decoupled_kd",
     "dist_loss",
     "hard_label_cross_entropy",
+    "hint_mse",
     "logit_mse",
+    "pool_to_common_size",
     "soft_target_kl",
     "standardize_logits",
 ]

@@ -37,3 +37,8 @@ def method_default(name: str, option: str, fallback: Any = None) -> Any:
     if parameter is None or parameter.default is inspect.Parameter.empty:
         return fallback
     return parameter.default
+
+
+def method_accepts(name: str, option: str) -> bool:
+    """Whether the method's constructor takes ``option``."""
+    return option in inspect.signature(METHODS.get(name).__init__).parameters
