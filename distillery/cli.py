@@ -21,7 +21,7 @@ SET_HELP = "Override a config value, e.g. --set train.epochs=5 (repeatable)."
 
 
 def user_errors(command):
-    """A user's mistake becomes one line on stderr and exit code 2; bugs still raise."""
+    """A user's mistake becomes one line on stderr and exit code 2; Ctrl-C exits 130 quietly; bugs still raise."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -30,6 +30,10 @@ def user_errors(command):
         except DistilleryError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Checkpoints are written atomically, so the last finished epoch's last.safetensors is intact.
+            typer.echo("interrupted; a run's last finished epoch is kept in its last.safetensors", err=True)
+            raise typer.Exit(130) from None
 
     return wrapper
 

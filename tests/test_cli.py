@@ -445,3 +445,15 @@ def test_python_dash_m_prints_one_line_without_traceback(tmp_path, train, overri
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
     assert completed.stdout == ""
     assert not output_dir.exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
+    import distillery.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_demo", interrupted)
+    result = CliRunner().invoke(cli.app, ["demo", "--output-dir", str(tmp_path), "-q"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr and "Traceback" not in result.output
