@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distillery.atomic import atomic_write, atomic_write_text
 from distillery.errors import CheckpointError
 
 FORMAT = "distillery-checkpoint"
-
-
-def _atomic_write(path: Path, write) -> None:
-    # A crash mid-write must leave the previous good file, so write beside it and rename.
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
@@ -36,9 +29,9 @@ def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any]
     weights_path = stem.with_suffix(".safetensors")
     # Clone so tensors that share storage (tied weights) can be serialised.
     tensors = {name: value.detach().cpu().contiguous().clone() for name, value in model.state_dict().items()}
-    _atomic_write(weights_path, lambda p: save_file(tensors, str(p)))
+    atomic_write(weights_path, lambda p: save_file(tensors, str(p)))
     document = {"format": FORMAT, "version": 1, **metadata}
-    _atomic_write(stem.with_suffix(".json"), lambda p: p.write_text(json.dumps(document, indent=2)))
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(document, indent=2))
     return weights_path
 
 

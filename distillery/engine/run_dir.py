@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from distillery.atomic import atomic_write_text
 from distillery.engine.checkpoint import save_checkpoint
 from distillery.errors import RunExistsError
 
@@ -42,7 +42,7 @@ class RunDirectory:
         self.path.mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        self._write_text("config.yaml", config_text)
+        atomic_write_text(self.path / "config.yaml", config_text)
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as stream:
@@ -52,9 +52,4 @@ class RunDirectory:
         return save_checkpoint(self.path / stem, model, metadata)
 
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
-        self._write_text("evaluation.json", json.dumps(evaluation, indent=2))
-
-    def _write_text(self, name: str, text: str) -> None:
-        temporary = self.path / (name + ".tmp")
-        temporary.write_text(text)
-        os.replace(temporary, self.path / name)
+        atomic_write_text(self.path / "evaluation.json", json.dumps(evaluation, indent=2))

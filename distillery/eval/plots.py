@@ -6,7 +6,6 @@ Each function draws one figure from finished runs, writes it as a PNG (atomicall
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from distillery.atomic import atomic_write  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -206,15 +207,10 @@ def _draw_reliability(ax, run: RunRecord, color) -> None:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     """Write the figure via a temporary file so a crash never leaves a truncated PNG behind."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
     try:
-        fig.savefig(temporary, format="png", dpi=_DPI)
-        os.replace(temporary, path)
+        return atomic_write(path, lambda temporary: fig.savefig(temporary, format="png", dpi=_DPI))
     finally:
         plt.close(fig)
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def _train_parts(runs: Sequence[RunRecord]) -> list[str]:

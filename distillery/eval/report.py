@@ -8,11 +8,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from distillery.atomic import atomic_write_text
 from distillery.errors import DistilleryError
 from distillery.eval.plots import _is_number, _nested, plot_comparison, plot_learning_curves, plot_reliability
 
@@ -97,8 +97,8 @@ def write_report(
     output_dir.mkdir(parents=True, exist_ok=True)
     plotters = {"learning_curves": plot_learning_curves, "comparison": plot_comparison, "reliability": plot_reliability}
     paths = {key: plotters[key](runs, output_dir / file_name) for key, file_name, _ in _FIGURES}
-    paths["markdown"] = _write_text_atomically(output_dir / "report.md", _render_markdown(runs, title))
-    paths["html"] = _write_text_atomically(output_dir / "report.html", _render_html(runs, title, paths))
+    paths["markdown"] = atomic_write_text(output_dir / "report.md", _render_markdown(runs, title))
+    paths["html"] = atomic_write_text(output_dir / "report.html", _render_html(runs, title, paths))
     return {key: paths[key] for key in ("markdown", "html", "learning_curves", "comparison", "reliability")}
 
 
@@ -317,15 +317,6 @@ def _render_html(runs: Sequence[RunRecord], title: str, image_paths: dict[str, P
     return "\n".join(parts) + "\n"
 
 
-def _write_text_atomically(path: Path, text: str) -> Path:
-    """Write via a temporary file in the same directory so readers never see a half-written report."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
 
 
 def _markdown_row(cells: Sequence[str]) -> str:
