@@ -1,6 +1,9 @@
+import shutil
 from pathlib import Path
 
 import pytest
+
+from cli_helpers import TEACHER_EPOCHS, assert_ok, invoke, run_config, snapshot, write_npz_dataset, write_yaml
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -11,3 +14,60 @@ def fashion_mnist_dir() -> Path:
     if not FASHION_DIR.is_dir():
         pytest.fail(f"{FASHION_DIR} is missing: run `make data` (installs Debian's dataset-fashion-mnist)")
     return FASHION_DIR
+
+
+# ---------------------------------------------------------------- CLI runs shared by the CLI tests (trained once)
+
+
+@pytest.fixture(scope="session")
+def cli_workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="session")
+def teacher_run(cli_workspace) -> Path:
+    """A digits 'teacher' trained through `distillery train` (2 epochs, from the YAML, no override)."""
+    output_dir = cli_workspace / "teacher"
+    config = write_yaml(cli_workspace / "teacher.yaml",
+                        run_config(output_dir, train={"epochs": TEACHER_EPOCHS, "batch_size": 128, "lr": 0.01}))
+    result = invoke("train", config)
+    assert_ok(result)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def distillation(cli_workspace, teacher_run) -> tuple[Path, dict, dict]:
+    """A digits student distilled from `teacher_run` (Hinton), with the teacher's snapshots before and after."""
+    output_dir = cli_workspace / "student"
+    config = write_yaml(cli_workspace / "student.yaml", run_config(
+        output_dir, model={"name": "mlp", "hidden": [8]},
+        distill={"teacher": str(teacher_run), "method": "hinton", "temperature": 4.0, "alpha": 0.5}))
+    teacher_before = snapshot(teacher_run)
+    result = invoke("distill", config)
+    assert_ok(result)
+    assert str(output_dir) in result.stdout and "test accuracy" in result.stdout
+    return output_dir, teacher_before, snapshot(teacher_run)
+
+
+@pytest.fixture(scope="session")
+def student_run(distillation) -> Path:
+    return distillation[0]
+
+
+@pytest.fixture(scope="session")
+def npz_teacher_run(cli_workspace) -> Path:
+    """A teacher trained on a 3-class .npz dataset with digit-shaped (1x8x8) inputs."""
+    data_dir = write_npz_dataset(cli_workspace / "three-classes")
+    output_dir = cli_workspace / "npz-teacher"
+    config = write_yaml(cli_workspace / "npz-teacher.yaml",
+                        run_config(output_dir, data={"dataset": "npz", "path": str(data_dir)}))
+    assert_ok(invoke("train", config))
+    return output_dir
+
+
+@pytest.fixture
+def existing_run(tmp_path, teacher_run) -> tuple[Path, dict]:
+    """A private copy of a finished run and its snapshot: bad commands aimed at it must leave it byte-identical."""
+    copy = tmp_path / "existing"
+    shutil.copytree(teacher_run, copy)
+    return copy, snapshot(copy)

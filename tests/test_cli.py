@@ -1,155 +1,30 @@
-"""The command line: train -> distill -> evaluate -> report on digits, and one-line errors for user mistakes.
+"""The command line: train -> distill -> evaluate -> report on digits, through the runner and a real process.
 
 Every run is tiny (an MLP with 16 hidden units on scikit-learn's 8x8 digits, 1-3 epochs, no latency
-measurement) so the whole file runs in well under a minute on 2 CPU cores.
+measurement); the shared runs are fixtures in conftest.py. User mistakes are in test_cli_errors.py.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from distillery.cli import app
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json", "last.safetensors", "last.json",
-             "evaluation.json")
-MODEL_JSON_KEYS = ("format", "version", "role", "architecture", "input_shape", "num_classes", "class_names",
-                   "preprocessing", "dataset", "parameters", "epoch", "metrics", "config")
-EVALUATION_KEYS = ("name", "role", "split", "samples", "accuracy", "nll", "ece", "parameters", "size_bytes",
-                   "reliability")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DIGITS_TEST_SAMPLES = 360  # ceil(20% of scikit-learn's 1797 digits)
-TEACHER_EPOCHS = 2
-
-runner = CliRunner()
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(arg) for arg in args])
-
-
-def run_config(output_dir: Path, **sections) -> dict:
-    """A tiny, fast run configuration; keyword arguments replace whole top-level sections."""
-    document = {
-        "output_dir": str(output_dir),
-        "model": {"name": "mlp", "hidden": [16]},
-        "train": {"epochs": 1, "batch_size": 128, "lr": 0.01},
-        "measure_latency": False,
-        "progress": False,
-    }
-    document.update(sections)
-    return document
-
-
-def write_yaml(path: Path, document: dict | str) -> Path:
-    path.write_text(document if isinstance(document, str) else yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
-def assert_ok(result) -> None:
-    assert result.exit_code == 0, (
-        f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}\nexception: {result.exception!r}"
-    )
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit code 2, exactly one non-empty stderr line starting with 'error:' that holds every fragment, no traceback."""
-    # CliRunner catches an escaped exception itself (exit code 1, nothing printed): that is a traceback for a user.
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        pytest.fail(f"uncaught {result.exception!r}: a user would see a traceback, not one 'error:' line")
-    assert result.exit_code == 2, f"exit {result.exit_code}\nstdout: {result.stdout}\nstderr: {result.stderr}"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one stderr line, got {lines!r}"
-    message = lines[0]
-    assert message.startswith("error: ") and len(message) > len("error: ") + 10, message
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in {message!r}"
-    assert "Traceback" not in result.stdout + result.stderr
-    return message
-
-
-def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """Every file's bytes and modification time, to prove a failed command left a directory alone."""
-    return {path.name: (path.read_bytes(), path.stat().st_mtime_ns)
-            for path in sorted(directory.iterdir()) if path.is_file()}
-
-
-def write_npz_dataset(directory: Path, num_classes: int = 3, seed: int = 0) -> Path:
-    """train.npz / test.npz with 8x8 one-channel images (like digits) and labels 0..num_classes-1."""
-    directory.mkdir(parents=True)
-    generator = np.random.default_rng(seed)
-    for name, count in (("train", 90), ("test", 30)):
-        inputs = generator.random((count, 1, 8, 8), dtype=np.float32)
-        labels = np.arange(count, dtype=np.int64) % num_classes  # every class present
-        np.savez(directory / f"{name}.npz", x=inputs, y=labels)
-    return directory
-
-
-# ---------------------------------------------------------------- runs shared by many tests (trained once)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cli")
-
-
-@pytest.fixture(scope="module")
-def teacher_run(workspace) -> Path:
-    """A digits 'teacher' trained through `distillery train` (2 epochs, from the YAML, no override)."""
-    output_dir = workspace / "teacher"
-    config = write_yaml(workspace / "teacher.yaml",
-                        run_config(output_dir, train={"epochs": TEACHER_EPOCHS, "batch_size": 128, "lr": 0.01}))
-    result = invoke("train", config)
-    assert_ok(result)
-    return output_dir
-
-
-@pytest.fixture(scope="module")
-def distillation(workspace, teacher_run) -> tuple[Path, dict, dict]:
-    """A digits student distilled from `teacher_run` (Hinton), with the teacher's snapshots before and after."""
-    output_dir = workspace / "student"
-    config = write_yaml(workspace / "student.yaml", run_config(
-        output_dir, model={"name": "mlp", "hidden": [8]},
-        distill={"teacher": str(teacher_run), "method": "hinton", "temperature": 4.0, "alpha": 0.5}))
-    teacher_before = snapshot(teacher_run)
-    result = invoke("distill", config)
-    assert_ok(result)
-    assert str(output_dir) in result.stdout and "test accuracy" in result.stdout
-    return output_dir, teacher_before, snapshot(teacher_run)
-
-
-@pytest.fixture(scope="module")
-def student_run(distillation) -> Path:
-    return distillation[0]
-
-
-@pytest.fixture(scope="module")
-def npz_teacher_run(workspace) -> Path:
-    """A teacher trained on a 3-class .npz dataset with digit-shaped (1x8x8) inputs."""
-    data_dir = write_npz_dataset(workspace / "three-classes")
-    output_dir = workspace / "npz-teacher"
-    config = write_yaml(workspace / "npz-teacher.yaml",
-                        run_config(output_dir, data={"dataset": "npz", "path": str(data_dir)}))
-    assert_ok(invoke("train", config))
-    return output_dir
-
-
-@pytest.fixture
-def existing_run(tmp_path, teacher_run) -> tuple[Path, dict]:
-    """A private copy of a finished run and its snapshot: bad commands aimed at it must leave it byte-identical."""
-    copy = tmp_path / "existing"
-    shutil.copytree(teacher_run, copy)
-    return copy, snapshot(copy)
+from cli_helpers import (
+    DIGITS_TEST_SAMPLES,
+    EVALUATION_KEYS,
+    MODEL_JSON_KEYS,
+    PNG_MAGIC,
+    RUN_FILES,
+    TEACHER_EPOCHS,
+    assert_ok,
+    invoke,
+    run_config,
+    write_yaml,
+)
 
 
 # ---------------------------------------------------------------- the happy path
@@ -261,170 +136,6 @@ def test_help_exits_zero_and_lists(args):
     else:
         for option in ("--dataset", "--output-dir", "--overwrite", "--seed"):
             assert option in result.stdout, option
-
-
-# ---------------------------------------------------------------- user mistakes: one line, exit 2, nothing touched
-
-
-def test_unknown_config_key_suggests_the_right_one(tmp_path, teacher_run, existing_run):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "bad.yaml",
-                        run_config(output_dir, distill={"teacher": str(teacher_run), "temprature": 2}))
-    assert_user_error(invoke("distill", config, "--overwrite"), "distill.temprature", "did you mean 'temperature'")
-    assert snapshot(output_dir) == before
-
-
-def test_wrong_type_names_the_key(tmp_path, existing_run):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "bad.yaml", run_config(output_dir, train={"epochs": "many"}))
-    assert_user_error(invoke("train", config, "--overwrite"), "train.epochs", "'many'")
-    assert snapshot(output_dir) == before
-
-
-@pytest.mark.parametrize("key, value, expected", [
-    ("temperature", 0, "greater than 0"),
-    ("temperature", -1, "greater than 0"),
-    ("alpha", 1.5, "less than or equal to 1"),
-    ("alpha", -0.1, "greater than or equal to 0"),
-])
-def test_out_of_range_distill_values(tmp_path, teacher_run, existing_run, key, value, expected):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "bad.yaml",
-                        run_config(output_dir, distill={"teacher": str(teacher_run), key: value}))
-    assert_user_error(invoke("distill", config, "--overwrite"), f"distill.{key}", f"= {value}", expected)
-    assert snapshot(output_dir) == before
-
-
-def test_missing_teacher_checkpoint(tmp_path, existing_run):
-    output_dir, before = existing_run
-    missing = tmp_path / "no-such-teacher"
-    config = write_yaml(tmp_path / "bad.yaml", run_config(output_dir, distill={"teacher": str(missing)}))
-    assert_user_error(invoke("distill", config, "--overwrite"), str(missing), "does not exist")
-    assert snapshot(output_dir) == before
-
-
-def test_missing_config_file(tmp_path):
-    missing = tmp_path / "nowhere.yaml"
-    assert_user_error(invoke("train", missing), str(missing), "does not exist")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_malformed_yaml(tmp_path, existing_run):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "bad.yaml", f"output_dir: {output_dir}\na: [1, 2\n")
-    assert_user_error(invoke("train", config, "--overwrite"), str(config), "not valid YAML")
-    assert snapshot(output_dir) == before
-
-
-@pytest.mark.parametrize("direction", ["npz-teacher-digits-student", "digits-teacher-npz-student"])
-def test_teacher_and_student_class_counts_differ(tmp_path, teacher_run, npz_teacher_run, existing_run, direction):
-    output_dir, before = existing_run
-    if direction == "npz-teacher-digits-student":
-        teacher, data, counts = npz_teacher_run, {"dataset": "digits"}, ("predicts 3 classes", "has 10")
-    else:
-        data_dir = write_npz_dataset(tmp_path / "three-classes")
-        teacher, data, counts = teacher_run, {"dataset": "npz", "path": str(data_dir)}, ("predicts 10 classes", "has 3")
-    config = write_yaml(tmp_path / "bad.yaml", run_config(output_dir, data=data, distill={"teacher": str(teacher)}))
-    assert_user_error(invoke("distill", config, "--overwrite"), str(teacher), *counts)
-    assert snapshot(output_dir) == before
-
-
-def test_finished_run_is_refused_then_replaced_with_overwrite(tmp_path, existing_run):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "again.yaml", run_config(output_dir))
-    assert_user_error(invoke("train", config), str(output_dir), "already holds a finished run", "--overwrite")
-    after = snapshot(output_dir)
-    for name in ("model.safetensors", "model.json", "metrics.jsonl"):
-        assert after[name] == before[name], f"{name} changed"
-    assert after == before
-
-    assert_ok(invoke("train", config, "--overwrite"))
-    assert len((output_dir / "metrics.jsonl").read_text().splitlines()) == 1  # the old run had TEACHER_EPOCHS
-    assert snapshot(output_dir)["model.json"] != before["model.json"]
-
-
-@pytest.mark.parametrize("command, with_distill, expected", [
-    ("distill", False, "no distill: section"),
-    ("train", True, "has a distill: section"),
-])
-def test_command_and_distill_section_must_match(tmp_path, teacher_run, existing_run, command, with_distill, expected):
-    output_dir, before = existing_run
-    sections = {"distill": {"teacher": str(teacher_run)}} if with_distill else {}
-    config = write_yaml(tmp_path / "mismatch.yaml", run_config(output_dir, **sections))
-    assert_user_error(invoke(command, config, "--overwrite"), str(config), expected)
-    assert snapshot(output_dir) == before
-
-
-def test_set_without_equals(tmp_path, existing_run):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "run.yaml", run_config(output_dir))
-    assert_user_error(invoke("train", config, "--overwrite", "--set", "train.epochs"),
-                      "'train.epochs'", "key=value")
-    assert snapshot(output_dir) == before
-
-
-@pytest.mark.parametrize("overrides, fragment", [
-    (["train.epochs=[1"], "train.epochs"),                  # a value that is not valid YAML
-    (["train.lr=0.1", "train.lr.warmup=2"], "train.lr"),    # a scalar then a key below it
-], ids=["unparsable-value", "key-below-a-scalar"])
-def test_malformed_set_value_is_a_user_error(tmp_path, existing_run, overrides, fragment):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "run.yaml", run_config(output_dir))
-    arguments = [argument for override in overrides for argument in ("--set", override)]
-    assert_user_error(invoke("train", config, "--overwrite", *arguments), fragment)
-    assert snapshot(output_dir) == before
-
-
-def test_corrupted_teacher_checkpoint(tmp_path, teacher_run, existing_run):
-    output_dir, before = existing_run
-    teacher = tmp_path / "corrupted-teacher"
-    shutil.copytree(teacher_run, teacher)
-    (teacher / "model.safetensors").write_bytes(b"\x00garbage, not a safetensors file\xff" * 4)
-    config = write_yaml(tmp_path / "distill.yaml", run_config(output_dir, distill={"teacher": str(teacher)}))
-    assert_user_error(invoke("distill", config, "--overwrite"), str(teacher / "model.safetensors"), "corrupted")
-    assert snapshot(output_dir) == before
-
-
-def test_evaluate_on_a_directory_that_is_not_a_run(tmp_path):
-    directory = tmp_path / "not-a-run"
-    directory.mkdir()
-    (directory / "notes.txt").write_text("hello")
-    before = snapshot(directory)
-    assert_user_error(invoke("evaluate", directory, "--no-latency"), str(directory), "holds no model.safetensors")
-    assert snapshot(directory) == before
-
-
-@pytest.mark.parametrize("kind", ["empty", "unfinished"])
-def test_report_on_a_directory_that_is_not_a_finished_run(tmp_path, teacher_run, kind):
-    directory = tmp_path / "run"
-    if kind == "empty":
-        directory.mkdir()
-    else:  # a run that stopped after its first epoch: no model.json, no evaluation.json
-        shutil.copytree(teacher_run, directory)
-        for name in ("model.json", "model.safetensors", "evaluation.json"):
-            (directory / name).unlink()
-    output = tmp_path / "report"
-    assert_user_error(invoke("report", teacher_run, directory, "-o", output),
-                      str(directory), "not a finished distillery run", "model.json")
-    assert not output.exists(), "a failed report must not leave a half-written output directory"
-
-
-@pytest.mark.parametrize("model, fragments", [
-    ({"name": "transformer"}, ("'transformer'", "mlp")),
-    ({"name": "mlp", "hiden": [3]}, ("'hiden'", "did you mean 'hidden'")),
-], ids=["unknown-name", "unknown-keyword"])
-def test_unknown_model(tmp_path, existing_run, model, fragments):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "bad.yaml", run_config(output_dir, model=model))
-    assert_user_error(invoke("train", config, "--overwrite"), *fragments)
-    assert snapshot(output_dir) == before
-
-
-def test_unknown_dataset(tmp_path, existing_run):
-    output_dir, before = existing_run
-    config = write_yaml(tmp_path / "bad.yaml", run_config(output_dir, data={"dataset": "imagenet"}))
-    assert_user_error(invoke("train", config, "--overwrite"), "'imagenet'", "digits")
-    assert snapshot(output_dir) == before
 
 
 # ---------------------------------------------------------------- the real process

@@ -18,4 +18,6 @@ __all__ = [
     "StepOutput",
     "Supervised",
     "create_method",
+    "method_accepts",
+    "method_default",
 ]
