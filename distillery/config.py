@@ -45,7 +45,9 @@ class TrainConfig(Strict):
 class DistillConfig(Strict):
     """Which teacher and method; a method option left out (null) takes that method's own default."""
 
-    teacher: Union[str, list[str]] = Field(description="the teacher's run directory or checkpoint, or a list: an ensemble")
+    teacher: Union[str, list[str], None] = Field(
+        None, description="the teacher's run directory or checkpoint, or a list: an ensemble; "
+                          "methods that train their own teachers take none")
     teacher_weights: Optional[list[float]] = Field(None, description="ensemble: one weight per teacher (equal)")
     ensemble: Literal["probabilities", "logits"] = Field(
         "probabilities", description="ensemble: average the tempered probabilities (Hinton) or the logits")
@@ -72,6 +74,10 @@ class DistillConfig(Strict):
 
     @model_validator(mode="after")
     def _teacher_settings_agree(self) -> "DistillConfig":
+        if self.teacher is None:
+            if self.teacher_weights is not None or self.init_from_teacher:
+                raise ValueError("teacher_weights and init_from_teacher need a teacher; set distill.teacher")
+            return self
         count = len(self.teacher) if isinstance(self.teacher, list) else 1
         if count == 0:
             raise ValueError("the list of teachers is empty; name at least one run directory")

@@ -108,7 +108,7 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         run_dir = run(load_config("configs/digits_distill.yaml"))
     """
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
-    teachers = load_teachers(config.distill.teacher) if config.distill is not None else []
+    teachers = load_teachers(config.distill.teacher) if config.distill is not None and config.distill.teacher else []
     preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
     data = prepare_data(config.data, preprocessing, config.transfer)
     for loaded in teachers:

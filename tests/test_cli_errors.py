@@ -48,6 +48,13 @@ def test_missing_teacher_checkpoint(tmp_path, existing_run):
     assert snapshot(output_dir) == before
 
 
+def test_teacher_method_without_a_teacher(tmp_path, existing_run):
+    output_dir, before = existing_run
+    config = write_yaml(tmp_path / "bad.yaml", run_config(output_dir, distill={"method": "hinton"}))
+    assert_user_error(invoke("distill", config, "--overwrite"), "'hinton' needs a teacher", "distill.teacher")
+    assert snapshot(output_dir) == before
+
+
 def test_missing_config_file(tmp_path):
     missing = tmp_path / "nowhere.yaml"
     assert_user_error(invoke("train", missing), str(missing), "does not exist")

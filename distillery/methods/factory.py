@@ -26,7 +26,7 @@ def create_method(name: str, student: nn.Module, teacher: nn.Module | None = Non
         raise ConfigError(f"method {name!r} does not take {', '.join(unknown)}; it takes: {takes}")
     if "teacher" in accepted:
         if teacher is None:
-            raise ConfigError(f"method {name!r} needs a teacher")
+            raise ConfigError(f"method {name!r} needs a teacher; set distill.teacher to a teacher's run directory")
         given["teacher"] = teacher
     return method_class(student, **given)
 
