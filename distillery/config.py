@@ -70,6 +70,9 @@ class DistillConfig(Strict):
     teacher_layers: Optional[list[str]] = Field(None, description="attention: teacher module paths, pairwise")
     at_weight: Optional[float] = Field(None, ge=0.0, description="attention: weight of the attention loss")
     p: Optional[float] = Field(None, gt=0.0, description="attention: exponent of the attention map")
+    hint_teacher: Optional[int] = Field(
+        None, ge=0, description="fitnet, attention: which teacher of the list gives the features (0); "
+                                "teacher layer paths are inside that teacher")
     kd_weight: Optional[float] = Field(None, ge=0.0, description="fitnet, attention: weight of an added Hinton KD term")
 
     @model_validator(mode="after")
@@ -98,6 +101,14 @@ class TransferConfig(Strict):
     dataset: Optional[str] = Field(None, description="take the transfer set from this source's training split")
     path: Optional[str] = None
     limit: Optional[int] = Field(None, ge=1, description="use only this many transfer samples")
+    labeled_fraction: Optional[float] = Field(
+        None, gt=0.0, le=1.0, description="keep the labels of this seeded share of samples; the rest: soft targets only")
+
+    @model_validator(mode="after")
+    def _labels_agree(self) -> "TransferConfig":
+        if self.labeled_fraction is not None and not self.labels:
+            raise ValueError("labeled_fraction keeps some labels but labels is false; remove one of the two")
+        return self
 
     @field_validator("classes", "exclude_classes", mode="before")
     @classmethod
@@ -124,6 +135,11 @@ class RunConfig(Strict):
     def _transfer_needs_a_teacher(self) -> "RunConfig":
         if self.transfer is not None and self.distill is None:
             raise ValueError("transfer: describes a distillation's transfer set; add a distill: section or remove it")
+        partly_labelled = self.transfer is not None and (
+            not self.transfer.labels or (self.transfer.labeled_fraction or 1.0) < 1.0)
+        if partly_labelled and self.distill.method == "dkd":
+            raise ValueError("method 'dkd' splits every distribution at the true class, so it needs every transfer "
+                             "sample labelled; use 'hinton' or 'dist', or drop labels: false / labeled_fraction")
         return self
 
     @field_validator("model")

@@ -17,15 +17,17 @@ from distillery.data import (
     BatchIterator,
     Normalizer,
     filter_classes,
+    labeled_mask,
     load_dataset,
     train_val_split,
 )
 from distillery.engine import RunDirectory
-from distillery.errors import DataError, ModelError
+from distillery.errors import ConfigError, DataError, ModelError
 from distillery.methods import create_method, method_accepts, method_default
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
 from distillery.teachers import load_teacher
+from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
 from distillery.teachers.precomputed import precompute_logits
 
@@ -132,9 +134,9 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         run_dir.append_metrics(record)
         run_dir.save_model("last", trainer.method.student, {**metadata, "epoch": record["epoch"]})
 
-    with_labels = config.transfer is None or config.transfer.labels
     train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
-                                  augmentation=data.augmentation, transform=data.normalizer, with_labels=with_labels)
+                                  augmentation=data.augmentation, transform=data.normalizer,
+                                  **_label_options(config.transfer, len(data.train)))
     val_batches = BatchIterator(data.val, 512) if data.val is not None else None
     if teacher is not None and not data.augmentation.enabled and hasattr(method, "use_precomputed_teacher_logits"):
         ordered = BatchIterator(data.train, 512, transform=data.normalizer)
@@ -151,6 +153,15 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     return run_dir.path
 
 
+def _label_options(transfer: TransferConfig | None, size: int) -> dict[str, Any]:
+    """All labels, none (soft targets only), or a seeded share of them."""
+    if transfer is None:
+        return {}
+    if transfer.labeled_fraction is not None and transfer.labeled_fraction < 1.0:
+        return {"labeled": labeled_mask(size, transfer.labeled_fraction, seed=SPLIT_SEED)}
+    return {"with_labels": transfer.labels}
+
+
 def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
     # Probabilities are averaged at the temperature the method softens with, as Hinton et al. average them.
     temperature = config.distill.temperature or method_default(config.distill.method, "temperature", 1.0)
@@ -158,13 +169,36 @@ def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
                             temperature=temperature)
 
 
-TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method"}
+TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method",
+                    "hint_teacher"}
+FEATURE_PATHS = ("teacher_layer", "teacher_layers")
+
+
+def _paths_in_hint_teacher(config: RunConfig, options: dict[str, Any], teacher: nn.Module | None) -> None:
+    """Point teacher layer paths into the ensemble member that gives the features (the first by default)."""
+    chosen = config.distill.hint_teacher
+    if chosen is not None and not any(method_accepts(config.distill.method, key) for key in FEATURE_PATHS):
+        raise ConfigError(f"hint_teacher chooses the teacher of feature hints; method {config.distill.method!r} "
+                          "uses none (use fitnet or attention, or remove hint_teacher)")
+    if not isinstance(teacher, EnsembleTeacher):
+        if chosen:
+            raise ConfigError(f"hint_teacher is {chosen} but there is one teacher; remove it or list more teachers")
+        return
+    chosen = chosen or 0
+    if chosen >= len(teacher.members):
+        raise ConfigError(f"hint_teacher is {chosen} but there are {len(teacher.members)} teachers (counted from 0)")
+    for key in FEATURE_PATHS:
+        if key in options:
+            paths = options[key]
+            options[key] = ([f"members.{chosen}.{path}" for path in paths] if isinstance(paths, list)
+                            else f"members.{chosen}.{paths}")
 
 
 def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None, input_shape: tuple[int, ...]):
     if config.distill is None:
         return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
     options = config.distill.model_dump(exclude=TEACHER_SETTINGS, exclude_none=True)
+    _paths_in_hint_teacher(config, options, teacher)
     if method_accepts(config.distill.method, "input_shape"):
         options["input_shape"] = input_shape  # feature methods size their adapters with one dummy forward
     return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,

@@ -7,8 +7,10 @@ from torch import nn
 
 from distillery.config import build_config
 from distillery.errors import ConfigError, ModelError
-from distillery.runs import run
+from distillery.models import build_model
+from distillery.runs import _method_for, _teacher_for, run
 from distillery.teachers.ensemble import EnsembleTeacher
+from distillery.teachers.from_config import load_teachers
 
 COMMON = {"data": {"dataset": "digits", "val_fraction": 0.15}, "progress": False, "measure_latency": False}
 BUDGET = {"epochs": 10, "lr": 0.003, "batch_size": 64}
@@ -91,3 +93,32 @@ def test_ensemble_teachers_must_share_preprocessing(teachers, tmp_path):
                            "train": BUDGET, "distill": {"teacher": [str(teachers["mlp"]), str(other)]}})
     with pytest.raises(ModelError, match="different input normalisation"):
         run(config)
+
+
+def hinted_config(tmp_path, teachers, **distill):
+    return build_config({**COMMON, "output_dir": str(tmp_path / "hinted"), "model": {"name": "cnn", "channels": [8, 16]},
+                         "train": {**BUDGET, "epochs": 1},
+                         "distill": {"teacher": [str(teachers["mlp"]), str(teachers["cnn"])], "method": "fitnet",
+                                     "student_layer": "features.1", "teacher_layer": "features.1", **distill}})
+
+
+def test_feature_hints_come_from_the_chosen_ensemble_teacher(teachers, tmp_path):
+    config = hinted_config(tmp_path, teachers, hint_teacher=1, kd_weight=1.0)
+    ensemble = _teacher_for(config, load_teachers(config.distill.teacher))
+    method = _method_for(config, build_model(config.model, (1, 8, 8), 10), ensemble, (1, 8, 8))
+    assert method._teacher_modules[0] is ensemble.members[1].features[1]   # the cnn's, not the mlp's
+    assert method.teacher is ensemble                                      # soft targets: the whole ensemble
+    assert json.loads((run(config) / "evaluation.json").read_text())["samples"] == 360
+
+
+@pytest.mark.parametrize("distill, error, fragment", [
+    ({"hint_teacher": 2}, ConfigError, "there are 2 teachers"),
+    ({"hint_teacher": 0, "teacher_layer": "features.0"}, ModelError, "both be convolutional"),  # the mlp's
+    ({"hint_teacher": 0}, ModelError, "no module 'members.0.features.1'"),
+    ({"hint_teacher": 1, "method": "hinton", "student_layer": None, "teacher_layer": None}, ConfigError,
+     "uses none"),
+])
+def test_bad_hint_teacher_choices_stop_the_run_before_it_starts(teachers, tmp_path, distill, error, fragment):
+    with pytest.raises(error, match=fragment):
+        run(hinted_config(tmp_path, teachers, **distill))
+    assert not (tmp_path / "hinted").exists()

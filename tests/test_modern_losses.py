@@ -194,7 +194,7 @@ def test_dkd_loss_is_ce_weight_ce_plus_warmup_times_dkd(standardize):
 
 def test_dkd_without_labels_is_a_config_error_that_names_the_alternatives():
     student, teacher, inputs, _ = teacher_student_batch()
-    with pytest.raises(ConfigError, match="needs labels.*hinton.*dist"):
+    with pytest.raises(ConfigError, match="needs every sample.s label.*hinton.*dist"):
         DecoupledKD(student, teacher).step(inputs, None, None)
 
 

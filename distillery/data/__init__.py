@@ -1,9 +1,9 @@
 """Data: datasets held as whole tensors, their sources, splits, normalisation, augmentation and batching."""
 from distillery.data.augment import Augmentation, horizontal_flip, random_crop, random_shift
-from distillery.data.batches import BatchIterator
+from distillery.data.batches import UNLABELED, BatchIterator
 from distillery.data.dataset import ArrayDataset
 from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
-from distillery.data.transfer import filter_classes
+from distillery.data.transfer import filter_classes, labeled_mask
 from distillery.data.transforms import Normalizer, train_val_split
 
 __all__ = [
@@ -12,8 +12,10 @@ __all__ = [
     "BatchIterator",
     "DATASETS",
     "Normalizer",
+    "UNLABELED",
     "filter_classes",
     "horizontal_flip",
+    "labeled_mask",
     "load_dataset",
     "load_idx_pair",
     "load_npz",

@@ -9,6 +9,9 @@ from distillery.data.augment import Augmentation
 from distillery.data.dataset import ArrayDataset
 from distillery.errors import ConfigError
 
+# The label a batch carries for a sample whose label is hidden (a partly labelled transfer set).
+UNLABELED = -1
+
 
 class BatchIterator:
     """Iterates an ArrayDataset in batches of (inputs, labels, indices).
@@ -34,6 +37,7 @@ class BatchIterator:
         transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         drop_last: bool = False,
         with_labels: bool = True,
+        labeled: Optional[torch.Tensor] = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
@@ -45,6 +49,9 @@ class BatchIterator:
         self.transform = transform
         self.drop_last = drop_last
         self.with_labels = with_labels  # False: an unlabeled transfer set, batches carry None for labels
+        if labeled is not None and (labeled.dtype != torch.bool or labeled.shape != (len(dataset),)):
+            raise ConfigError(f"labeled must be a boolean mask with one entry per sample ({len(dataset)})")
+        self.labeled = labeled  # a mask: samples outside it carry UNLABELED instead of their label
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -64,6 +71,8 @@ class BatchIterator:
             indices = order[start : start + self.batch_size]
             batch_inputs = inputs[indices.to(inputs.device)]
             batch_labels = labels[indices.to(labels.device)]
+            if self.labeled is not None:
+                batch_labels = batch_labels.masked_fill(~self.labeled[indices], UNLABELED)
             if self.augmentation is not None:
                 batch_inputs = self.augmentation(batch_inputs, generator)
             if self.transform is not None:

@@ -38,3 +38,21 @@ def filter_classes(dataset: ArrayDataset, keep: Sequence[str | int] | None = Non
         raise DataError(f"the transfer set from {dataset.source or 'the data'} is empty after the class filter; "
                         "keep at least one class that has samples")
     return dataset.subset(mask.nonzero().squeeze(1))
+
+
+def labeled_mask(size: int, fraction: float, seed: int) -> torch.Tensor:
+    """A seeded boolean mask keeping the labels of round(``fraction`` · ``size``) samples (at least one).
+
+    The rest of a transfer set is then learnt from the teacher's soft targets alone.
+
+    Example::
+
+        mask = labeled_mask(len(train), 0.1, seed=0)   # 10% labelled, 90% soft targets only
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"the labelled fraction must be in (0, 1], got {fraction}")
+    count = max(1, round(fraction * size))
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(size, dtype=torch.bool)
+    mask[torch.randperm(size, generator=generator)[:count]] = True
+    return mask

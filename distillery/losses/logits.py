@@ -42,8 +42,16 @@ def hard_label_cross_entropy(
 ) -> torch.Tensor:
     """Cross-entropy against the true labels at temperature 1 (never at the distillation T).
 
+    Samples labelled -1 (hidden labels in a partly labelled transfer set) are left out and the
+    mean is over the others; a batch with no labelled sample gives zero.
+
     Example::
 
         loss = hard_label_cross_entropy(student(x), y)
     """
+    labelled = labels >= 0
+    if not bool(labelled.all()):
+        if not bool(labelled.any()):
+            return student_logits.sum() * 0.0  # keeps the graph, so the total loss still backpropagates
+        student_logits, labels = student_logits[labelled], labels[labelled]
     return F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)

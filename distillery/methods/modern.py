@@ -62,10 +62,10 @@ class DecoupledKD(SingleTeacherMethod):
         return min(self.epoch / self.warmup_epochs, 1.0)
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        if labels is None:
+        if labels is None or bool((labels < 0).any()):
             raise ConfigError(
-                "method 'dkd' needs labels: decoupled KD splits each distribution at the true class; "
-                "use 'hinton' or 'dist' for an unlabeled transfer set"
+                "method 'dkd' needs every sample's label: decoupled KD splits each distribution at the true class; "
+                "use 'hinton' or 'dist' for an unlabeled or partly labelled transfer set"
             )
         student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
         soft_student, soft_teacher = self.soft_loss_inputs(student_logits, teacher_logits)
