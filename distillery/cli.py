@@ -12,7 +12,7 @@ from distillery.config import load_config
 from distillery.demo import demo as run_demo
 from distillery.errors import ConfigError, DistilleryError
 from distillery.eval.report import write_report
-from distillery.runs import evaluate_checkpoint, run
+from distillery.runs import build_teacher_cache, evaluate_checkpoint, run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a small student model from a large teacher, and measure what it bought.")
@@ -69,6 +69,15 @@ def distill(config: Path = typer.Argument(..., help="Run configuration (YAML) wi
             set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
     """Distil a student from a teacher checkpoint (Hinton's soft targets or logit matching)."""
     _run_config(config, set_, overwrite, quiet, distilling=True)
+
+
+@app.command()
+@user_errors
+def cache(config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
+          set_: List[str] = OVERRIDES,
+          rebuild: bool = typer.Option(False, help="Recompute the teacher's outputs and replace the cache.")) -> None:
+    """Compute the teacher's outputs on the config's transfer set once and cache them for later runs."""
+    typer.echo(build_teacher_cache(load_config(config, set_), rebuild=rebuild))
 
 
 @app.command()

@@ -20,6 +20,10 @@ class AugmentConfig(Strict):
     crop_padding: int = Field(0, ge=0, description="random crop after zero padding by this many pixels")
     flip: bool = Field(False, description="random horizontal flip")
 
+    @property
+    def enabled(self) -> bool:
+        return self.shift > 0 or self.crop_padding > 0 or self.flip
+
 
 class DataConfig(Strict):
     dataset: str = "digits"
@@ -70,6 +74,12 @@ class DistillConfig(Strict):
     teacher_layers: Optional[list[str]] = Field(None, description="attention: teacher module paths, pairwise")
     at_weight: Optional[float] = Field(None, ge=0.0, description="attention: weight of the attention loss")
     p: Optional[float] = Field(None, gt=0.0, description="attention: exponent of the attention map")
+    teacher_cache: str = Field(
+        "auto", description="where the teacher's logits are cached when its inputs repeat: auto (a shared cache "
+                            "directory, $DISTILLERY_CACHE or ~/.cache/distillery), off, or a file path")
+    teacher_views: Optional[int] = Field(
+        None, ge=1, description="with data.augment: cache the teacher on this many seeded augmented views, "
+                                "cycled through by epoch, instead of running it live")
     hint_teacher: Optional[int] = Field(
         None, ge=0, description="fitnet, attention: which teacher of the list gives the features (0); "
                                 "teacher layer paths are inside that teacher")
@@ -135,6 +145,9 @@ class RunConfig(Strict):
     def _transfer_needs_a_teacher(self) -> "RunConfig":
         if self.transfer is not None and self.distill is None:
             raise ValueError("transfer: describes a distillation's transfer set; add a distill: section or remove it")
+        if self.distill is not None and self.distill.teacher_views and not self.data.augment.enabled:
+            raise ValueError("teacher_views fixes augmented views, but data.augment is off, so the teacher's outputs "
+                             "are cached for the plain inputs anyway; remove distill.teacher_views")
         partly_labelled = self.transfer is not None and (
             not self.transfer.labels or (self.transfer.labeled_fraction or 1.0) < 1.0)
         if partly_labelled and self.distill.method == "dkd":

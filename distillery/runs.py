@@ -23,13 +23,13 @@ from distillery.data import (
 )
 from distillery.engine import RunDirectory
 from distillery.errors import ConfigError, DataError, ModelError
-from distillery.methods import create_method, method_accepts, method_default
+from distillery.methods import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
 from distillery.teachers import load_teacher
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
-from distillery.teachers.precomputed import precompute_logits
+from distillery.teacher_outputs import TransferPlan, plan_transfer
 
 # Every run of a comparison must validate and test on the same samples, whatever its own seed.
 SPLIT_SEED = 0
@@ -126,7 +126,12 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
             report = initialize_from_teacher(model, teachers[0].model, config.distill.init_layer_map)
             metadata["initialized_from_teacher"] = report.summary()
     method = _method_for(config, model, teacher, data.test.input_shape)
-    run_dir.start(dump_config(config))  # only now: a config or teacher error must not touch the directory
+    plan = _transfer_plan(config, data, teacher)
+    if plan.teacher_logits is not None:
+        method.use_precomputed_teacher_logits(plan.teacher_logits)
+    run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
+    if plan.note and config.progress:
+        print(plan.note, file=sys.stderr)
     if "initialized_from_teacher" in metadata and config.progress:
         print(f"student initialised: {metadata['initialized_from_teacher']}", file=sys.stderr)
 
@@ -134,15 +139,9 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         run_dir.append_metrics(record)
         run_dir.save_model("last", trainer.method.student, {**metadata, "epoch": record["epoch"]})
 
-    train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
-                                  augmentation=data.augmentation, transform=data.normalizer,
-                                  **_label_options(config.transfer, len(data.train)))
     val_batches = BatchIterator(data.val, 512) if data.val is not None else None
-    if teacher is not None and not data.augmentation.enabled and hasattr(method, "use_precomputed_teacher_logits"):
-        ordered = BatchIterator(data.train, 512, transform=data.normalizer)
-        method.use_precomputed_teacher_logits(precompute_logits(teacher, ordered, len(data.train)))
     train = config.train
-    result = fit_method(method, train_batches, val_batches, epochs=train.epochs, lr=train.lr,
+    result = fit_method(method, plan.batches, val_batches, epochs=train.epochs, lr=train.lr,
                         optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
                         schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
                         on_epoch_end=after_epoch, description=metadata["role"])
@@ -151,6 +150,21 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
     run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
     return run_dir.path
+
+
+def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | None,
+                   rebuild: bool = False) -> TransferPlan:
+    distill = config.distill
+    uses_table = distill is not None and method_uses_teacher_logits(distill.method)
+    if distill is not None and distill.teacher_views and not uses_table:
+        raise ConfigError(f"teacher_views caches the teacher's logits, which method {distill.method!r} does not use "
+                          "(it runs the live teacher for features); remove teacher_views")
+    return plan_transfer(data.train, teacher, augmentation=data.augmentation, transform=data.normalizer,
+                         batch_size=config.train.batch_size, seed=config.seed,
+                         label_options=_label_options(config.transfer, len(data.train)), teacher_table=uses_table,
+                         cache=distill.teacher_cache if distill else "off",
+                         views=distill.teacher_views if distill else None,
+                         preprocessing=data.normalizer.to_dict() if data.normalizer else None, rebuild=rebuild)
 
 
 def _label_options(transfer: TransferConfig | None, size: int) -> dict[str, Any]:
@@ -170,7 +184,7 @@ def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
 
 
 TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method",
-                    "hint_teacher"}
+                    "hint_teacher", "teacher_cache", "teacher_views"}
 FEATURE_PATHS = ("teacher_layer", "teacher_layers")
 
 
@@ -217,6 +231,30 @@ def _metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[s
         "parameters": count_parameters(model),
         "config": config.model_dump(mode="json"),
     }
+
+
+def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
+    """Compute the teacher's outputs on the config's transfer set ahead of the run and cache them.
+
+    Example::
+
+        print(build_teacher_cache(load_config("configs/fashion_mnist_distill.yaml")))
+    """
+    distill = config.distill
+    if distill is None or not distill.teacher:
+        raise ConfigError("a teacher cache needs a distill: section that names a teacher")
+    if distill.teacher_cache == "off":
+        raise ConfigError("distill.teacher_cache is off; set it to auto or a file path to build a cache")
+    if not method_uses_teacher_logits(distill.method):
+        raise ConfigError(f"method {distill.method!r} runs the live teacher for its features; there is nothing to cache")
+    if config.data.augment.enabled and not distill.teacher_views:
+        raise ConfigError("data.augment draws new images every epoch, so the teacher runs live; set "
+                          "distill.teacher_views: K to cache K fixed augmented views")
+    teachers = load_teachers(distill.teacher)
+    data = prepare_data(config.data, teachers[0].metadata.get("preprocessing"), config.transfer)
+    for loaded in teachers:
+        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher")
+    return _transfer_plan(config, data, _teacher_for(config, teachers), rebuild=rebuild).note
 
 
 def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, dataset: str | None = None,

@@ -71,3 +71,18 @@ def existing_run(tmp_path, teacher_run) -> tuple[Path, dict]:
     copy = tmp_path / "existing"
     shutil.copytree(teacher_run, copy)
     return copy, snapshot(copy)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def teacher_cache_dir(tmp_path_factory):
+    """The automatic teacher-output cache goes to a temporary directory, never the user's ~/.cache."""
+    import os
+
+    directory = tmp_path_factory.mktemp("teacher-cache")
+    previous = os.environ.get("DISTILLERY_CACHE")
+    os.environ["DISTILLERY_CACHE"] = str(directory)
+    yield directory
+    if previous is None:
+        del os.environ["DISTILLERY_CACHE"]
+    else:
+        os.environ["DISTILLERY_CACHE"] = previous

@@ -1,7 +1,7 @@
 """Training methods: each is a small class that turns a batch into one StepOutput."""
 from distillery.methods.base import METHODS, Method, StepOutput
 from distillery.methods.features import AttentionTransfer, FeatureHints
-from distillery.methods.factory import create_method, method_accepts, method_default
+from distillery.methods.factory import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.methods.modern import DIST, DecoupledKD
 from distillery.methods.soft_targets import HintonDistillation, LogitMatching
 from distillery.methods.supervised import Supervised
@@ -20,4 +20,5 @@ __all__ = [
     "create_method",
     "method_accepts",
     "method_default",
+    "method_uses_teacher_logits",
 ]

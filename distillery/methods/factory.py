@@ -42,3 +42,8 @@ def method_default(name: str, option: str, fallback: Any = None) -> Any:
 def method_accepts(name: str, option: str) -> bool:
     """Whether the method's constructor takes ``option``."""
     return option in inspect.signature(METHODS.get(name).__init__).parameters
+
+
+def method_uses_teacher_logits(name: str) -> bool:
+    """Whether the method can read the teacher's logits from a table instead of running the teacher."""
+    return hasattr(METHODS.get(name), "use_precomputed_teacher_logits")

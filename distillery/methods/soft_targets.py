@@ -21,10 +21,13 @@ class SingleTeacherMethod(Method):
         super().__init__(student)
         self.add_teacher("teacher", teacher)
         self.standardize = standardize
-        self.precomputed_teacher_logits: torch.Tensor | None = None
+        self.precomputed_teacher_logits = None
 
-    def use_precomputed_teacher_logits(self, logits: torch.Tensor) -> None:
-        """Look the teacher's logits up by sample index instead of running it (deterministic transfer sets)."""
+    def use_precomputed_teacher_logits(self, logits) -> None:
+        """Look the teacher's logits up by sample index instead of running it (deterministic transfer sets).
+
+        ``logits`` is anything indexable by a tensor of indices: a tensor, or a cache's LogitTable.
+        """
         self.precomputed_teacher_logits = logits
 
     def student_and_teacher_logits(self, inputs: torch.Tensor,
@@ -32,7 +35,7 @@ class SingleTeacherMethod(Method):
         if self.precomputed_teacher_logits is not None:
             if indices is None:
                 raise ValueError("precomputed teacher logits need the batches' sample indices")
-            teacher_logits = self.precomputed_teacher_logits[indices].to(inputs.device)
+            teacher_logits = self.precomputed_teacher_logits[indices].to(inputs.device, torch.float32)
         else:
             with torch.no_grad():
                 teacher_logits = self.teacher(inputs)

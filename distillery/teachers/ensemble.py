@@ -42,6 +42,10 @@ class EnsembleTeacher(nn.Module):
         self.combine = combine
         self.temperature = temperature
 
+    def extra_repr(self) -> str:
+        # Part of the teacher-output cache's fingerprint: the same members combined otherwise give other targets.
+        return f"combine={self.combine}, temperature={self.temperature}, weights={self.weights.tolist()}"
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         outputs = [member(inputs) for member in self.members]
         if len({tuple(output.shape) for output in outputs}) != 1:

@@ -1,0 +1,198 @@
+"""The teacher-output cache: a teacher's outputs on a fixed transfer set, computed once and kept on disk.
+
+A cache is two files: ``<stem>.npy`` (float16, opened memory-mapped, one row per sample index) and
+``<stem>.json`` (its fingerprint and layout), the JSON written last so its presence means the array is
+complete. The fingerprint hashes what the outputs depend on: the transfer set's inputs in index order,
+the teacher's weights and architecture, and the preprocessing. A cache whose fingerprint differs from the
+run's is refused, never silently used. With many classes only the top-k logits are kept (see
+:func:`expand_top_k`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from distillery.atomic import atomic_write, atomic_write_text
+from distillery.errors import CheckpointError
+from distillery.teachers.precomputed import precompute_logits
+
+FORMAT = "distillery-teacher-cache"
+# Above this many classes a full float16 table grows large; the top-k logits hold almost all the mass.
+TOP_K_ABOVE_CLASSES = 100
+TOP_K = 20
+
+
+def default_cache_dir() -> Path:
+    """``$DISTILLERY_CACHE``, else ``$XDG_CACHE_HOME/distillery``, else ``~/.cache/distillery``."""
+    if os.environ.get("DISTILLERY_CACHE"):
+        return Path(os.environ["DISTILLERY_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "distillery"
+
+
+def _digest(*chunks: bytes) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    # Hash float values by their bytes in a fixed dtype, so the same numbers always hash alike.
+    return tensor.detach().cpu().contiguous().view(-1).numpy().tobytes()
+
+
+def fingerprint(inputs: torch.Tensor, teacher: nn.Module, preprocessing: dict[str, Any] | None,
+                view: Any = None) -> dict[str, str]:
+    """What a teacher's outputs on ``inputs`` depend on, each part hashed: data, teacher, preprocessing.
+
+    ``view`` describes seeded augmented views (settings, seed, count), or is None for the plain inputs.
+
+    Example::
+
+        expected = fingerprint(train.inputs, teacher, normalizer.to_dict())
+    """
+    state = teacher.state_dict()
+    weights = _digest(*(name.encode() + _tensor_bytes(state[name]) for name in sorted(state)))
+    return {
+        "data": _digest(str(tuple(inputs.shape)).encode(), _tensor_bytes(inputs)),
+        "teacher": _digest(weights.encode(), repr(teacher).encode()),
+        "preprocessing": _digest(json.dumps([preprocessing, view], sort_keys=True).encode()),
+    }
+
+
+def cache_key(parts: dict[str, str]) -> str:
+    return _digest(json.dumps(parts, sort_keys=True).encode())
+
+
+@dataclass
+class CacheFiles:
+    stem: Path
+
+    @property
+    def array(self) -> Path:
+        return self.stem.with_suffix(".npy")
+
+    @property
+    def manifest(self) -> Path:
+        return self.stem.with_suffix(".json")
+
+    def exists(self) -> bool:
+        return self.manifest.is_file() and self.array.is_file()
+
+
+def _stale_parts(recorded: dict[str, str], expected: dict[str, str]) -> list[str]:
+    names = {"data": "transfer data", "teacher": "teacher weights", "preprocessing": "preprocessing"}
+    return [names.get(part, part) for part in expected if recorded.get(part) != expected[part]]
+
+
+class LogitTable:
+    """Teacher logits looked up by sample index, from a (memory-mapped) cache array, as float32.
+
+    Rows are expanded only when looked up, so a table far larger than memory costs only its batches.
+    """
+
+    def __init__(self, array: np.ndarray, classes: int, top_k: int | None) -> None:
+        self.array, self.classes, self.top_k = array, classes, top_k
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        rows = torch.from_numpy(np.ascontiguousarray(self.array[np.asarray(indices)])).float()
+        return expand_top_k(rows, self.classes, self.top_k) if self.top_k else rows
+
+
+def open_cache(files: CacheFiles, expected: dict[str, str]) -> LogitTable:
+    """The cached table if its fingerprint is ``expected``; otherwise a CheckpointError saying what changed."""
+    try:
+        manifest = json.loads(files.manifest.read_text())
+        array = np.load(files.array, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"teacher cache {files.array} is unreadable ({error}); delete it and run again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{files.manifest} is not a distillery teacher cache; point teacher_cache elsewhere")
+    stale = _stale_parts(manifest.get("fingerprint", {}), expected)
+    if stale:
+        raise CheckpointError(f"teacher cache {files.array} was built for different {' and '.join(stale)}; rebuild it "
+                              "(distillery cache CONFIG --rebuild) or delete it")
+    if list(array.shape) != manifest.get("shape"):
+        raise CheckpointError(f"teacher cache {files.array} has shape {list(array.shape)} but its manifest says "
+                              f"{manifest.get('shape')}; delete it and run again")
+    return LogitTable(array, manifest["classes"], manifest.get("top_k"))
+
+
+def write_cache(files: CacheFiles, logits: torch.Tensor, parts: dict[str, str]) -> None:
+    """Store ``logits`` [N, classes] (float16; the top-k with many classes), array first, manifest last."""
+    classes = logits.shape[1]
+    top_k = TOP_K if classes > TOP_K_ABOVE_CLASSES else None
+    # float32 for top-k tables: they hold class indices too, which float16 keeps exact only up to 2048.
+    array = compress_top_k(logits, top_k).numpy() if top_k else logits.to(torch.float16).numpy()
+    files.stem.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(files.array, save)
+    manifest = {"format": FORMAT, "version": 1, "fingerprint": parts, "shape": list(array.shape),
+                "classes": classes, "top_k": top_k, "dtype": str(array.dtype)}
+    atomic_write_text(files.manifest, json.dumps(manifest, indent=2))
+
+
+def compress_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """[N, C] logits -> [N, 2k]: the k largest log-probabilities and their class indices.
+
+    Log-probabilities rather than logits, so the mass outside the top-k is known: 1 − Σ exp(top-k).
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    values, indices = log_probs.topk(k, dim=-1)
+    return torch.cat([values, indices.float()], dim=1)
+
+
+def expand_top_k(rows: torch.Tensor, classes: int, k: int) -> torch.Tensor:
+    """[N, 2k] -> [N, C] log-probabilities: the top-k exactly, the remaining mass spread evenly over the rest.
+
+    Their softmax at T = 1 is the teacher's distribution on its top-k classes; at other temperatures the
+    tail is an approximation, as with any top-k cache.
+    """
+    values, indices = rows[:, :k], rows[:, k:].long()
+    rest = (1.0 - values.exp().sum(dim=1, keepdim=True)).clamp_min(1e-12) / max(classes - k, 1)
+    full = rest.log().expand(-1, classes).clone()
+    return full.scatter_(1, indices, values)
+
+
+def cached_teacher_logits(teacher: nn.Module, inputs: torch.Tensor, batches: Iterable, size: int, *,
+                          stem: Path | None, preprocessing: dict[str, Any] | None, view: Any = None,
+                          cache_dir: Path | None = None, rebuild: bool = False) -> tuple[LogitTable | torch.Tensor, str]:
+    """The teacher's logits for every index ``batches`` yields (``size`` of them): from a valid cache, else
+    computed and cached. ``inputs`` (the transfer set) and ``view`` (how augmented views derive from it)
+    enter the fingerprint.
+
+    ``stem`` names the cache explicitly (a mismatching one is refused); None uses ``cache_dir`` (default
+    :func:`default_cache_dir`) with the fingerprint as the name, so any run with the same teacher, data and
+    preprocessing finds it. ``rebuild`` recomputes and replaces it. Returns the table and a line saying
+    where it came from.
+    """
+    parts = fingerprint(inputs, teacher, preprocessing, view)
+    files = CacheFiles(Path(stem) if stem is not None else (cache_dir or default_cache_dir()) / cache_key(parts))
+    if files.exists() and not rebuild:
+        return open_cache(files, parts), f"teacher outputs read from the cache {files.array}"
+    logits = precompute_logits(teacher, batches, size)
+    try:
+        write_cache(files, logits, parts)
+    except OSError as error:
+        if stem is not None:
+            raise CheckpointError(f"cannot write the teacher cache {files.array} ({error.strerror}); "
+                                  "choose a writable teacher_cache path") from None
+        # The automatic cache is an optimisation: an unwritable cache directory must not stop the run.
+        return logits, f"teacher outputs computed once (not cached: {files.stem.parent} is not writable)"
+    return open_cache(files, parts), f"teacher outputs computed once and cached in {files.array}"
