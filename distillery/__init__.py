@@ -15,12 +15,14 @@ from distillery.eval.report import write_report
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model
 from distillery.runs import evaluate_checkpoint, run
+from distillery.self_distillation import BornAgainResult, born_again, deep_supervision
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ArrayDataset",
     "BatchIterator",
+    "BornAgainResult",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -29,7 +31,9 @@ __all__ = [
     "Result",
     "RunConfig",
     "RunExistsError",
+    "born_again",
     "build_model",
+    "deep_supervision",
     "demo",
     "distill",
     "evaluate",

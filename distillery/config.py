@@ -46,6 +46,10 @@ class TrainConfig(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+# The methods born-again generations can distil with: each learns from one teacher's logits.
+LOGIT_METHODS = ("hinton", "logit_mse", "dkd", "dist")
+
+
 class DistillConfig(Strict):
     """Which teacher and method; a method option left out (null) takes that method's own default."""
 
@@ -57,7 +61,7 @@ class DistillConfig(Strict):
         "probabilities", description="ensemble: average the tempered probabilities (Hinton) or the logits")
     init_from_teacher: bool = Field(False, description="copy the (first) teacher's weights where names and shapes match")
     init_layer_map: Optional[dict[str, str]] = Field(None, description="student module path -> teacher module path")
-    method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention"] = "hinton"
+    method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention", "deep_supervision"] = "hinton"
     temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
     standardize: Optional[bool] = Field(None, description="z-score logits before the soft loss")
@@ -70,7 +74,7 @@ class DistillConfig(Strict):
     student_layer: Optional[str] = Field(None, description="fitnet: the student module whose output is hinted")
     teacher_layer: Optional[str] = Field(None, description="fitnet: the teacher module giving the hint")
     hint_weight: Optional[float] = Field(None, ge=0.0, description="fitnet: weight of the hint loss")
-    student_layers: Optional[list[str]] = Field(None, description="attention: student module paths")
+    student_layers: Optional[list[str]] = Field(None, description="attention, deep_supervision: student module paths")
     teacher_layers: Optional[list[str]] = Field(None, description="attention: teacher module paths, pairwise")
     at_weight: Optional[float] = Field(None, ge=0.0, description="attention: weight of the attention loss")
     p: Optional[float] = Field(None, gt=0.0, description="attention: exponent of the attention map")
@@ -84,6 +88,24 @@ class DistillConfig(Strict):
         None, ge=0, description="fitnet, attention: which teacher of the list gives the features (0); "
                                 "teacher layer paths are inside that teacher")
     kd_weight: Optional[float] = Field(None, ge=0.0, description="fitnet, attention: weight of an added Hinton KD term")
+    aux_weight: Optional[float] = Field(None, ge=0.0,
+                                        description="deep_supervision: weight of the auxiliary heads' loss")
+    generations: Optional[int] = Field(None, ge=1, description="born-again: distil this many generations, each "
+                                                                "from the one before (a logit method)")
+
+    @model_validator(mode="after")
+    def _self_distillation_settings_agree(self) -> "DistillConfig":
+        if self.method == "deep_supervision" and self.teacher is not None:
+            raise ValueError("deep_supervision trains without a teacher (the student's final head teaches its "
+                             "auxiliary heads); remove distill.teacher")
+        if self.generations is not None:
+            if self.method not in LOGIT_METHODS:
+                raise ValueError(f"generations needs a logit method ({', '.join(LOGIT_METHODS)}), not "
+                                 f"{self.method!r}; set distill.method")
+            if self.init_from_teacher:
+                raise ValueError("generations starts every generation from a fresh model; "
+                                 "remove init_from_teacher")
+        return self
 
     @model_validator(mode="after")
     def _teacher_settings_agree(self) -> "DistillConfig":
@@ -153,6 +175,16 @@ class RunConfig(Strict):
         if partly_labelled and self.distill.method == "dkd":
             raise ValueError("method 'dkd' splits every distribution at the true class, so it needs every transfer "
                              "sample labelled; use 'hinton' or 'dist', or drop labels: false / labeled_fraction")
+        return self
+
+    @model_validator(mode="after")
+    def _self_distillation_has_its_data(self) -> "RunConfig":
+        if self.transfer is None or self.distill is None:
+            return self
+        if self.distill.generations is not None:
+            raise ValueError("generations train every generation on the training split; remove transfer:")
+        if self.distill.method == "deep_supervision" and not self.transfer.labels:
+            raise ValueError("deep_supervision needs labels; set transfer.labels: true")
         return self
 
     @field_validator("model")

@@ -109,6 +109,10 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
 
         run_dir = run(load_config("configs/digits_distill.yaml"))
     """
+    if config.distill is not None and config.distill.generations is not None:
+        from distillery.generations import run_born_again  # imported here: it builds on this module
+
+        return run_born_again(config, overwrite=overwrite)
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
     teachers = load_teachers(config.distill.teacher) if config.distill is not None and config.distill.teacher else []
     preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None

@@ -1,5 +1,6 @@
 """Training methods: each is a small class that turns a batch into one StepOutput."""
 from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.deep_supervision import DeepSupervision
 from distillery.methods.features import AttentionTransfer, FeatureHints
 from distillery.methods.factory import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.methods.modern import DIST, DecoupledKD
@@ -11,6 +12,7 @@ __all__ = [
     "DIST",
     "METHODS",
     "DecoupledKD",
+    "DeepSupervision",
     "FeatureHints",
     "HintonDistillation",
     "LogitMatching",

@@ -28,6 +28,8 @@ def create_method(name: str, student: nn.Module, teacher: nn.Module | None = Non
         if teacher is None:
             raise ConfigError(f"method {name!r} needs a teacher; set distill.teacher to a teacher's run directory")
         given["teacher"] = teacher
+    elif teacher is not None:
+        raise ConfigError(f"method {name!r} trains without a teacher; remove the teacher (distill.teacher)")
     return method_class(student, **given)
 
 

@@ -67,6 +67,18 @@ def probe_feature_shapes(model: nn.Module, paths: Sequence[str], role: str,
     Runs in eval mode under no_grad, then restores every module's own mode, so batch-norm
     statistics and dropout state are left as they were.
     """
+    return probe_shapes(model, paths, role, input_shape)[1]
+
+
+def probe_shapes(model: nn.Module, paths: Sequence[str], role: str,
+                 input_shape: Sequence[int]) -> tuple[tuple[int, ...] | None, list[tuple[int, ...]]]:
+    """The model's own output shape (None when it returns no tensor) and each module's in ``paths``,
+    found as :func:`probe_feature_shapes` finds them.
+
+    Example::
+
+        output_shape, (stage_shape,) = probe_shapes(student, ["features.0"], "student", (1, 8, 8))
+    """
     modules = {path: resolve_module(model, path, role) for path in paths}
     parameter = next(iter(model.parameters()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
@@ -74,7 +86,7 @@ def probe_feature_shapes(model: nn.Module, paths: Sequence[str], role: str,
     model.eval()
     try:
         with torch.no_grad(), capture_features(modules) as features:
-            model(torch.zeros(2, *input_shape, device=device))
+            output = model(torch.zeros(2, *input_shape, device=device))
     finally:
         for module, mode in modes:
             module.training = mode
@@ -84,4 +96,4 @@ def probe_feature_shapes(model: nn.Module, paths: Sequence[str], role: str,
             raise ModelError(f"{role} module {path!r} did not output a tensor in a forward pass; "
                              "pick a layer that runs and returns one tensor")
         shapes.append(tuple(features[path].shape))
-    return shapes
+    return (tuple(output.shape) if isinstance(output, torch.Tensor) else None), shapes
