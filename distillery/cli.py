@@ -48,6 +48,8 @@ def _run_config(config_path: Path, overrides: list[str], overwrite: bool, quiet:
     run_dir = run(resolved, overwrite=overwrite)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     typer.echo(f"{run_dir}: test accuracy {evaluation['accuracy']:.2%}, {evaluation['parameters']:,} parameters")
+    for name, peer in evaluation.get("peers", {}).items():
+        typer.echo(f"{run_dir / 'peers' / name}: test accuracy {peer['accuracy']:.2%}, {peer['parameters']:,} parameters")
 
 
 OVERWRITE = typer.Option(False, help="Replace a finished run in output_dir.")

@@ -28,7 +28,7 @@ def digits_teacher(tmp_path_factory):
 def test_digits_example_runs(path, digits_teacher, tmp_path):
     overrides = [f"output_dir={tmp_path / 'run'}", "train.epochs=10", "progress=false", "measure_latency=false"]
     config = load_config(path, overrides)
-    if config.distill is not None:
+    if config.distill is not None and config.distill.teacher is not None:
         teachers = config.distill.teacher
         named = f"[{', '.join([str(digits_teacher)] * len(teachers))}]" if isinstance(teachers, list) else digits_teacher
         config = load_config(path, [*overrides, f"distill.teacher={named}"])

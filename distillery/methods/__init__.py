@@ -3,6 +3,7 @@ from distillery.methods.base import METHODS, Method, StepOutput
 from distillery.methods.features import AttentionTransfer, FeatureHints
 from distillery.methods.factory import create_method, method_accepts, method_default
 from distillery.methods.modern import DIST, DecoupledKD
+from distillery.methods.online import MutualLearning, OnlineDistillation
 from distillery.methods.soft_targets import HintonDistillation, LogitMatching
 from distillery.methods.supervised import Supervised
 
@@ -15,6 +16,8 @@ __all__ = [
     "HintonDistillation",
     "LogitMatching",
     "Method",
+    "MutualLearning",
+    "OnlineDistillation",
     "StepOutput",
     "Supervised",
     "create_method",
