@@ -69,7 +69,7 @@ def train(config: Path = typer.Argument(..., help="Run configuration (YAML)."),
 @user_errors
 def distill(config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
             set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
-    """Distil a student from a teacher checkpoint (Hinton's soft targets or logit matching)."""
+    """Distil a student from a teacher checkpoint, or train it with models that learn beside it (mutual, online)."""
     _run_config(config, set_, overwrite, quiet, distilling=True)
 
 

@@ -161,6 +161,14 @@ class RunConfig(Strict):
             raise ValueError("transfer: describes a distillation's transfer set; add a distill: section or remove it")
         return self
 
+    @model_validator(mode="after")
+    def _models_from_scratch_need_labels(self) -> "RunConfig":
+        if self.distill is not None and self.distill.method in ("mutual", "online") and self.transfer is not None \
+                and not self.transfer.labels:
+            raise ValueError(f"method {self.distill.method} trains its models from scratch, so it needs labels; "
+                             "set transfer.labels: true")
+        return self
+
     @field_validator("model")
     @classmethod
     def _model_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distillery.api import evaluate, fit_method
+from distillery.api import Result, evaluate, fit_method
 from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config
 from distillery.data import (
     ArrayDataset,
@@ -202,7 +202,7 @@ def _peer_architectures(config: RunConfig, method) -> dict[str, dict[str, Any]]:
     return dict(zip(names, config.distill.peers or [config.distill.teacher_model], strict=True))
 
 
-def _save_peers(run_dir: RunDirectory, result, metadata: dict[str, Any], architectures: dict[str, dict[str, Any]],
+def _save_peers(run_dir: RunDirectory, result: Result, metadata: dict[str, Any], architectures: dict[str, dict[str, Any]],
                 test: ArrayDataset, latency: bool) -> dict[str, dict[str, Any]]:
     """Each peer's best checkpoint and test evaluation in peers/<name>/; returns a summary per peer."""
     summaries = {}

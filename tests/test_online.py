@@ -250,6 +250,13 @@ def test_inconsistent_online_settings_are_config_errors(tmp_path, distill, fragm
         online_config(tmp_path / "run", **distill)
 
 
+def test_an_unlabeled_transfer_set_is_refused_before_training(tmp_path):
+    document = run_config(tmp_path / "run", distill={"method": "mutual", "peers": [{"name": "mlp"}]},
+                          transfer={"labels": False})
+    with pytest.raises(ConfigError, match="transfer.labels: true"):
+        build_config(document)
+
+
 def test_cli_names_a_bad_peer_spec_and_touches_nothing(tmp_path):
     output_dir = tmp_path / "run"
     output_dir.mkdir()
