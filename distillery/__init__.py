@@ -6,7 +6,7 @@ Example::
     result = distillery.distill(teacher, student, train_loader, val_loader, temperature=4.0, alpha=0.1)
     print(distillery.evaluate(result.model, test_loader, teacher=teacher))
 """
-from distillery.api import Result, distill, evaluate, train
+from distillery.api import Result, distill, distill_online, evaluate, mutual, train
 from distillery.config import RunConfig, load_config
 from distillery.data import ArrayDataset, BatchIterator, load_dataset
 from distillery.demo import demo
@@ -36,11 +36,13 @@ __all__ = [
     "deep_supervision",
     "demo",
     "distill",
+    "distill_online",
     "evaluate",
     "evaluate_checkpoint",
     "load_config",
     "load_dataset",
     "load_model",
+    "mutual",
     "run",
     "train",
     "write_report",

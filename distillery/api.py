@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from distillery.data import ArrayDataset, BatchIterator
-from distillery.engine import Trainer, build_optimizer, build_scheduler, resolve_device
-from distillery.errors import DataError
+from distillery.engine import Trainer, build_optimizer, build_scheduler, peer_record, resolve_device
+from distillery.errors import ConfigError, DataError
 from distillery.eval.latency import measure_latency
 from distillery.eval.metrics import (
     accuracy,
@@ -34,12 +34,17 @@ from distillery.models import count_parameters, size_on_disk_bytes
 
 @dataclass
 class Result:
-    """A trained model (its best-on-validation weights), its per-epoch history and best validation metrics."""
+    """A trained model (its best-on-validation weights), its per-epoch history and best validation metrics.
+
+    ``peers`` holds, by name, the models an online method trained beside the student, each a Result of
+    its own: its best weights by its own validation accuracy, and its part of every epoch's record.
+    """
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
     best_epoch: int = 0
+    peers: dict[str, "Result"] = field(default_factory=dict)
 
 
 def as_batches(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
@@ -69,7 +74,14 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
     trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress, description=description)
     fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
     method.student.load_state_dict(fitted.best_state)
-    return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics, best_epoch=fitted.best_epoch)
+    peers = {}
+    for name, peer in method.peer_models().items():
+        best = fitted.peers[name]
+        peer.load_state_dict(best.state)
+        peers[name] = Result(model=peer, history=[peer_record(record, name) for record in fitted.history],
+                             metrics=best.metrics, best_epoch=best.epoch)
+    return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics,
+                  best_epoch=fitted.best_epoch, peers=peers)
 
 
 def _steps_per_epoch(batches: Iterable, schedule: str) -> int:
@@ -120,6 +132,49 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
     built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
                           label_smoothing=label_smoothing, **(method_options or {}))
     return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
+
+
+def mutual(models: Sequence[nn.Module], train_data: Any, val_data: Any = None, *, temperature: float | None = None,
+           alpha: float | None = None, label_smoothing: float = 0.0, seed: int = 0, **options: Any) -> Result:
+    """Deep mutual learning: train ``models`` together from scratch, each distilling from the others' predictions.
+
+    ``models[0]`` is the student (``result.model``); the others are its peers, in ``result.peers`` as
+    ``peer1``, ``peer2``, ... with their own best weights. Each model minimises
+    ``alpha · CE + (1 − alpha) · T² · mean KL(other ‖ itself)`` (defaults T=1, alpha=0.5).
+    Training options as for :func:`train`.
+
+    Example::
+
+        result = distillery.mutual([small_net, other_net], train_loader, val_loader, epochs=10)
+        student, peer = result.model, result.peers["peer1"].model
+    """
+    if len(models) < 2:
+        raise ConfigError(f"mutual learning trains at least two models together; got {len(models)}: "
+                          "pass [student, peer, ...]")
+    torch.manual_seed(seed)
+    built = create_method("mutual", models[0], peers=list(models[1:]), temperature=temperature, alpha=alpha,
+                          label_smoothing=label_smoothing)
+    return fit_method(built, train_data, val_data, seed=seed, description="mutual", **options)
+
+
+def distill_online(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: Any = None, *,
+                   temperature: float | None = None, alpha: float | None = None, label_smoothing: float = 0.0,
+                   seed: int = 0, **options: Any) -> Result:
+    """Train an untrained ``teacher`` on labels and distil it into ``student`` at the same time.
+
+    The student minimises ``alpha · CE + (1 − alpha) · T² · KL(teacher ‖ student)`` against the teacher's
+    current predictions (defaults T=4, alpha=0.5); the teacher learns from labels alone. The trained
+    teacher is ``result.peers["teacher"]``. Training options as for :func:`train`.
+
+    Example::
+
+        result = distillery.distill_online(big_net, small_net, train_loader, val_loader, epochs=10)
+        student, teacher = result.model, result.peers["teacher"].model
+    """
+    torch.manual_seed(seed)
+    built = create_method("online", student, teacher_model=teacher, temperature=temperature, alpha=alpha,
+                          label_smoothing=label_smoothing)
+    return fit_method(built, train_data, val_data, seed=seed, description="online", **options)
 
 
 def evaluate(model: nn.Module, data: Any, *, teacher: nn.Module | None = None, latency: bool = False,

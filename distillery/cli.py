@@ -48,6 +48,8 @@ def _run_config(config_path: Path, overrides: list[str], overwrite: bool, quiet:
     run_dir = run(resolved, overwrite=overwrite)
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     typer.echo(f"{run_dir}: test accuracy {evaluation['accuracy']:.2%}, {evaluation['parameters']:,} parameters")
+    for name, peer in evaluation.get("peers", {}).items():
+        typer.echo(f"{run_dir / 'peers' / name}: test accuracy {peer['accuracy']:.2%}, {peer['parameters']:,} parameters")
 
 
 OVERWRITE = typer.Option(False, help="Replace a finished run in output_dir.")
@@ -67,7 +69,7 @@ def train(config: Path = typer.Argument(..., help="Run configuration (YAML)."),
 @user_errors
 def distill(config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
             set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
-    """Distil a student from a teacher checkpoint (Hinton's soft targets or logit matching)."""
+    """Distil a student from a teacher checkpoint, or train it with models that learn beside it (mutual, online)."""
     _run_config(config, set_, overwrite, quiet, distilling=True)
 
 

@@ -61,7 +61,8 @@ class DistillConfig(Strict):
         "probabilities", description="ensemble: average the tempered probabilities (Hinton) or the logits")
     init_from_teacher: bool = Field(False, description="copy the (first) teacher's weights where names and shapes match")
     init_layer_map: Optional[dict[str, str]] = Field(None, description="student module path -> teacher module path")
-    method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention", "deep_supervision"] = "hinton"
+    method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention", "deep_supervision", "mutual",
+                    "online"] = "hinton"
     temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
     standardize: Optional[bool] = Field(None, description="z-score logits before the soft loss")
@@ -92,6 +93,42 @@ class DistillConfig(Strict):
                                         description="deep_supervision: weight of the auxiliary heads' loss")
     generations: Optional[int] = Field(None, ge=1, description="born-again: distil this many generations, each "
                                                                 "from the one before (a logit method)")
+
+    peers: Optional[list[dict[str, Any]]] = Field(
+        None, description="mutual: model specs (like model:) of the peers trained from scratch beside the student")
+    teacher_model: Optional[dict[str, Any]] = Field(
+        None, description="online: model spec (like model:) of a teacher trained from scratch beside the student")
+
+    @field_validator("peers")
+    @classmethod
+    def _peers_have_names(cls, value: Optional[list[dict[str, Any]]]) -> Optional[list[dict[str, Any]]]:
+        for spec in value or []:
+            _require_model_name(spec)
+        return value
+
+    @field_validator("teacher_model")
+    @classmethod
+    def _teacher_model_has_name(cls, value: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+        return value if value is None else _require_model_name(value)
+
+    @model_validator(mode="after")
+    def _online_settings_agree(self) -> "DistillConfig":
+        if self.peers is not None and self.method != "mutual":
+            raise ValueError(f"peers is for method: mutual, but the method is {self.method!r}; "
+                             "remove peers or set method: mutual")
+        if self.teacher_model is not None and self.method != "online":
+            raise ValueError(f"teacher_model is for method: online, but the method is {self.method!r}; "
+                             "remove teacher_model or set method: online")
+        if self.method == "mutual" and not self.peers:
+            raise ValueError("method mutual needs peers: a list of model specs to train beside the student, "
+                             "e.g. peers: [{name: mlp, hidden: [32]}]")
+        if self.method == "online" and self.teacher_model is None:
+            raise ValueError("method online needs teacher_model: the spec of the teacher trained beside the student, "
+                             "e.g. teacher_model: {name: cnn}")
+        if self.method in ("mutual", "online") and self.teacher is not None:
+            raise ValueError(f"method {self.method} trains its models from scratch and takes no pretrained teacher; "
+                             "remove distill.teacher, or choose a method that distils from it (hinton)")
+        return self
 
     @model_validator(mode="after")
     def _self_distillation_settings_agree(self) -> "DistillConfig":
@@ -187,12 +224,24 @@ class RunConfig(Strict):
             raise ValueError("deep_supervision needs labels; set transfer.labels: true")
         return self
 
+    @model_validator(mode="after")
+    def _models_from_scratch_need_labels(self) -> "RunConfig":
+        if self.distill is not None and self.distill.method in ("mutual", "online") and self.transfer is not None \
+                and not self.transfer.labels:
+            raise ValueError(f"method {self.distill.method} trains its models from scratch, so it needs labels; "
+                             "set transfer.labels: true")
+        return self
+
     @field_validator("model")
     @classmethod
     def _model_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(value.get("name"), str):
-            raise ValueError("needs a 'name' (mlp, cnn, resnet or package.module:function)")
-        return value
+        return _require_model_name(value)
+
+
+def _require_model_name(spec: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(spec.get("name"), str):
+        raise ValueError("needs a 'name' (mlp, cnn, resnet or package.module:function)")
+    return spec
 
 
 def _known_keys(model_class: type[BaseModel], location: tuple) -> list[str]:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distillery.api import evaluate, fit_method
+from distillery.api import Result, evaluate, fit_method
 from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config
 from distillery.data import (
     ArrayDataset,
@@ -21,7 +21,7 @@ from distillery.data import (
     load_dataset,
     train_val_split,
 )
-from distillery.engine import RunDirectory
+from distillery.engine import RunDirectory, peer_record
 from distillery.errors import ConfigError, DataError, ModelError
 from distillery.methods import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.models import build_model, count_parameters, initialize_from_teacher
@@ -129,7 +129,8 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
         if config.distill.init_from_teacher:
             report = initialize_from_teacher(model, teachers[0].model, config.distill.init_layer_map)
             metadata["initialized_from_teacher"] = report.summary()
-    method = _method_for(config, model, teacher, data.test.input_shape)
+    method = _method_for(config, model, teacher, data.test.input_shape, data.test.num_classes)
+    peer_architectures = _peer_architectures(config, method)
     plan = _transfer_plan(config, data, teacher)
     if plan.teacher_logits is not None:
         method.use_precomputed_teacher_logits(plan.teacher_logits)
@@ -142,6 +143,8 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     def after_epoch(record: dict[str, Any], trainer) -> None:
         run_dir.append_metrics(record)
         run_dir.save_model("last", trainer.method.student, {**metadata, "epoch": record["epoch"]})
+        for name in peer_architectures:
+            run_dir.peer(name).append_metrics(peer_record(record, name))
 
     val_batches = BatchIterator(data.val, 512) if data.val is not None else None
     train = config.train
@@ -151,6 +154,9 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
                         on_epoch_end=after_epoch, description=metadata["role"])
     evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
                           latency=config.measure_latency)
+    if result.peers:
+        evaluation["peers"] = _save_peers(run_dir, result, metadata, peer_architectures, data.test,
+                                          config.measure_latency)
     run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
     run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
     return run_dir.path
@@ -212,15 +218,58 @@ def _paths_in_hint_teacher(config: RunConfig, options: dict[str, Any], teacher: 
                             else f"members.{chosen}.{paths}")
 
 
-def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None, input_shape: tuple[int, ...]):
+def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None, input_shape: tuple[int, ...],
+                num_classes: int):
     if config.distill is None:
         return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
     options = config.distill.model_dump(exclude=TEACHER_SETTINGS, exclude_none=True)
     _paths_in_hint_teacher(config, options, teacher)
+    # Models trained beside the student each start from a seed of their own, so no two begin alike.
+    if "peers" in options:
+        options["peers"] = [_fresh_model(spec, f"peers[{index}]", config.seed + 1 + index, input_shape, num_classes)
+                            for index, spec in enumerate(options["peers"])]
+    if "teacher_model" in options:
+        options["teacher_model"] = _fresh_model(options["teacher_model"], "teacher_model", config.seed + 1,
+                                                input_shape, num_classes)
     if method_accepts(config.distill.method, "input_shape"):
         options["input_shape"] = input_shape  # feature methods size their adapters with one dummy forward
     return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,
                          **options)
+
+
+def _fresh_model(spec: dict[str, Any], setting: str, seed: int, input_shape: tuple[int, ...],
+                 num_classes: int) -> nn.Module:
+    torch.manual_seed(seed)
+    try:
+        return build_model(spec, input_shape, num_classes)
+    except ModelError as error:
+        raise ModelError(f"distill.{setting}: {error}") from None
+
+
+def _peer_architectures(config: RunConfig, method) -> dict[str, dict[str, Any]]:
+    """Each peer's model spec by the name the method gives it; a method keeps its peers in the configured order."""
+    names = list(method.peer_models())
+    if not names:
+        return {}
+    return dict(zip(names, config.distill.peers or [config.distill.teacher_model], strict=True))
+
+
+def _save_peers(run_dir: RunDirectory, result: Result, metadata: dict[str, Any], architectures: dict[str, dict[str, Any]],
+                test: ArrayDataset, latency: bool) -> dict[str, dict[str, Any]]:
+    """Each peer's best checkpoint and test evaluation in peers/<name>/; returns a summary per peer."""
+    summaries = {}
+    for name, peer in result.peers.items():
+        # The online method's teacher is labelled a teacher, so a report compares the student against it.
+        role = "teacher" if name == "teacher" else "peer"
+        directory = run_dir.peer(name)
+        evaluation = evaluate(peer.model, BatchIterator(test, 512), latency=latency)
+        directory.write_evaluation({"name": f"{run_dir.path.name}/{name}", "role": role, "split": "test",
+                                    **evaluation})
+        directory.save_model("model", peer.model, {
+            **metadata, "role": role, "architecture": architectures[name],
+            "parameters": count_parameters(peer.model), "epoch": peer.best_epoch, "metrics": peer.metrics})
+        summaries[name] = {key: evaluation[key] for key in ("accuracy", "nll", "ece", "parameters")}
+    return summaries
 
 
 def _metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[str, Any]:

@@ -3,15 +3,17 @@ from distillery.engine.checkpoint import load_checkpoint_files, save_checkpoint
 from distillery.engine.device import resolve_device
 from distillery.engine.optim import build_optimizer, build_scheduler
 from distillery.engine.run_dir import RunDirectory
-from distillery.engine.trainer import FitResult, Trainer
+from distillery.engine.trainer import FitResult, PeerBest, Trainer, peer_record
 
 __all__ = [
     "FitResult",
+    "PeerBest",
     "RunDirectory",
     "Trainer",
     "build_optimizer",
     "build_scheduler",
     "load_checkpoint_files",
+    "peer_record",
     "resolve_device",
     "save_checkpoint",
 ]

@@ -40,9 +40,25 @@ class RunDirectory:
                 f"{self.path} already holds a finished run; pass --overwrite to replace it or choose another output_dir"
             )
         self.path.mkdir(parents=True, exist_ok=True)
+        self._clear_files()
+        atomic_write_text(self.path / "config.yaml", config_text)
+
+    def _clear_files(self) -> None:
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        atomic_write_text(self.path / "config.yaml", config_text)
+        # Only our own files go, so a folder of the user's inside peers/ survives.
+        peers = self.path / "peers"
+        for peer_dir in sorted(peers.iterdir() if peers.is_dir() else []):
+            if peer_dir.is_dir():
+                RunDirectory(peer_dir)._clear_files()
+                if not any(peer_dir.iterdir()):
+                    peer_dir.rmdir()
+
+    def peer(self, name: str) -> "RunDirectory":
+        """``peers/<name>/``: where a model trained beside the student keeps its checkpoint, metrics and evaluation."""
+        directory = RunDirectory(self.path / "peers" / name)
+        directory.path.mkdir(parents=True, exist_ok=True)
+        return directory
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as stream:

@@ -34,14 +34,37 @@ def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.T
 
 
 @dataclass
+class PeerBest:
+    """A peer model's best weights, chosen by its own validation accuracy; ``metrics`` under plain ``val/`` names."""
+
+    state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+    score: float = float("-inf")
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class FitResult:
-    """What training produced: per-epoch records and the student's best weights."""
+    """What training produced: per-epoch records, the student's best weights and each peer's."""
 
     history: list[dict[str, Any]] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
     best_epoch: int = 0
     best_score: float = float("-inf")
     best_metrics: dict[str, float] = field(default_factory=dict)
+    peers: dict[str, PeerBest] = field(default_factory=dict)
+
+
+def peer_record(record: dict[str, Any], name: str) -> dict[str, Any]:
+    """One peer's view of an epoch record: its ``train/<name>/x`` and ``val/<name>/x`` as ``train/x`` and ``val/x``.
+
+    Example: ``peer_record({"epoch": 1, "val/peer1/accuracy": 0.9}, "peer1") == {"epoch": 1, "val/accuracy": 0.9}``
+    """
+    view = {key: value for key, value in record.items() if "/" not in key}
+    for split in ("train", "val"):
+        prefix = f"{split}/{name}/"
+        view.update({f"{split}/{key[len(prefix):]}": value for key, value in record.items() if key.startswith(prefix)})
+    return view
 
 
 class Trainer:
@@ -75,7 +98,7 @@ class Trainer:
             record.update(self.train_epoch(train_batches, epoch))
             record["epoch_time_s"] = time.perf_counter() - started
             if val_batches is not None:
-                record.update(validate(self.method.student, val_batches, self.device))
+                record.update(self._validate_all(val_batches))
             result.history.append(record)
             self._keep_if_best(result, record)
             if self.progress:
@@ -110,10 +133,18 @@ class Trainer:
             raise DataError("the training data yielded no batches")
         return {f"train/{name}": (total / seen).item() for name, total in totals.items()}
 
+    def _validate_all(self, val_batches: Iterable) -> dict[str, float]:
+        metrics = validate(self.method.student, val_batches, self.device)
+        for name, peer in self.method.peer_models().items():
+            peer_metrics = validate(peer, val_batches, self.device)
+            metrics.update({key.replace("val/", f"val/{name}/", 1): value for key, value in peer_metrics.items()})
+        return metrics
+
     def _summary(self, record: dict[str, Any]) -> str:
         parts = [f"{self.description} epoch {record['epoch']}/{self.epochs}", f"loss {record['train/loss']:.4f}"]
         if "val/accuracy" in record:
             parts.append(f"val accuracy {record['val/accuracy']:.2%}")
+            parts += [f"{name} {record[f'val/{name}/accuracy']:.2%}" for name in self.method.peer_models()]
         parts.append(f"{record['epoch_time_s']:.1f} s")
         return " | ".join(parts)
 
@@ -124,7 +155,15 @@ class Trainer:
             result.best_score = score
             result.best_epoch = record["epoch"]
             result.best_state = copy.deepcopy(self.method.student.state_dict())
-            result.best_metrics = {k: v for k, v in record.items() if k.startswith("val/")}
+            result.best_metrics = {k: v for k, v in record.items() if k.startswith("val/") and k.count("/") == 1}
+        for name, peer in self.method.peer_models().items():
+            view = peer_record(record, name)
+            best = result.peers.setdefault(name, PeerBest())
+            score = view.get("val/accuracy", float(record["epoch"]))
+            if score >= best.score:
+                best.score, best.epoch = score, record["epoch"]
+                best.state = copy.deepcopy(peer.state_dict())
+                best.metrics = {k: v for k, v in view.items() if k.startswith("val/")}
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from distillery.methods.deep_supervision import DeepSupervision
 from distillery.methods.features import AttentionTransfer, FeatureHints
 from distillery.methods.factory import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.methods.modern import DIST, DecoupledKD
+from distillery.methods.online import MutualLearning, OnlineDistillation
 from distillery.methods.soft_targets import HintonDistillation, LogitMatching
 from distillery.methods.supervised import Supervised
 
@@ -17,6 +18,8 @@ __all__ = [
     "HintonDistillation",
     "LogitMatching",
     "Method",
+    "MutualLearning",
+    "OnlineDistillation",
     "StepOutput",
     "Supervised",
     "create_method",

@@ -45,6 +45,12 @@ class Method(nn.Module):
             getattr(self, name).eval()
         return self
 
+    def peer_models(self) -> dict[str, nn.Module]:
+        """Models trained beside the student (online methods), by name; each is validated, kept at its best
+        epoch and saved on its own. They are trainable, unlike teachers, so they are in :meth:`trainable_parameters`.
+        """
+        return {}
+
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
 
