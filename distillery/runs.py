@@ -18,6 +18,7 @@ from distillery.data import (
     Normalizer,
     filter_classes,
     load_dataset,
+    select_classes,
     train_val_split,
 )
 from distillery.engine import RunDirectory
@@ -71,6 +72,11 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
     train_full = _seeded_subset(train_full, data.train_limit)
     test = _seeded_subset(test, data.test_limit)
     train, val = train_val_split(train_full, data.val_fraction, seed=SPLIT_SEED)
+    # Normalised with every class's statistics: models of different class subsets then share their inputs.
+    all_classes = train
+    if data.classes is not None:
+        train, test = select_classes(train, data.classes), select_classes(test, data.classes)
+        val = select_classes(val, data.classes) if val is not None else None
     if transfer is not None:
         train = _transfer_set(train, transfer)
         if train.input_shape != test.input_shape:
@@ -82,7 +88,7 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
     if preprocessing is not None:
         normalizer = Normalizer.from_dict(preprocessing)
     else:
-        normalizer = Normalizer.fit(train) if data.normalize else None
+        normalizer = Normalizer.fit(all_classes if data.classes else train) if data.normalize else None
     if normalizer is not None:
         val = normalizer.apply(val) if val is not None else None
         test = normalizer.apply(test)
@@ -90,12 +96,13 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
     return PreparedData(train, val, test, normalizer, augmentation)
 
 
-def _check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str) -> None:
+def _check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str,
+                      classes: bool = True) -> None:
     shape = tuple(dataset.input_shape)
     if tuple(metadata["input_shape"]) != shape:
         raise ModelError(f"{role} {path} takes inputs of shape {tuple(metadata['input_shape'])} "
                          f"but the data has {shape}; use the data the {role} was trained for")
-    if int(metadata["num_classes"]) != dataset.num_classes:
+    if classes and int(metadata["num_classes"]) != dataset.num_classes:
         raise ModelError(f"{role} {path} predicts {metadata['num_classes']} classes but the data "
                          f"has {dataset.num_classes}; the {role} and the data must share their classes")
 
@@ -112,14 +119,16 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
     data = prepare_data(config.data, preprocessing, config.transfer)
     for loaded in teachers:
-        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher")
+        # A teacher that names its classes may know others than the data's: _teacher_for merges label spaces.
+        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher",
+                          classes="class_names" not in loaded.metadata)
     torch.manual_seed(config.seed)
     # The evaluation data's classes, not the transfer set's: a student distilled without some class still predicts it.
     model = build_model(config.model, data.test.input_shape, data.test.num_classes)
     metadata = _metadata(config, data, model)
     teacher = None
     if teachers:
-        teacher = _teacher_for(config, teachers)
+        teacher = _teacher_for(config, teachers, data.test.class_names)
         if config.distill.init_from_teacher:
             report = initialize_from_teacher(model, teachers[0].model, config.distill.init_layer_map)
             metadata["initialized_from_teacher"] = report.summary()
@@ -151,11 +160,11 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     return run_dir.path
 
 
-def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
+def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher], classes: list[str]) -> nn.Module:
     # Probabilities are averaged at the temperature the method softens with, as Hinton et al. average them.
     temperature = config.distill.temperature or method_default(config.distill.method, "temperature", 1.0)
-    return combine_teachers(teachers, weights=config.distill.teacher_weights, combine=config.distill.ensemble,
-                            temperature=temperature)
+    return combine_teachers(teachers, classes=classes, weights=config.distill.teacher_weights,
+                            combine=config.distill.ensemble, temperature=temperature)
 
 
 TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method"}
@@ -179,7 +188,7 @@ def _metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[s
         "num_classes": data.test.num_classes,
         "class_names": list(data.test.class_names),
         "preprocessing": data.normalizer.to_dict() if data.normalizer else None,
-        "dataset": {"name": config.data.dataset, "path": config.data.path},
+        "dataset": {"name": config.data.dataset, "path": config.data.path, "classes": config.data.classes},
         "parameters": count_parameters(model),
         "config": config.model_dump(mode="json"),
     }
@@ -198,7 +207,8 @@ def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, 
     recorded = metadata.get("dataset") or {}
     data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
                              path=data_path if dataset or data_path else recorded.get("path"),
-                             test_limit=test_limit, val_fraction=0.0, normalize=False)
+                             test_limit=test_limit, val_fraction=0.0, normalize=False,
+                             classes=recorded.get("classes") if dataset is None else None)
     data = prepare_data(data_config, metadata.get("preprocessing"))
     _check_model_fits(metadata, data.test, path, "model")
     teacher_model = None
