@@ -164,6 +164,15 @@ def test_student_learns_all_ten_digits_from_two_half_teachers_without_labels(tea
     assert low > 0.75 and high > 0.75
 
 
+@pytest.mark.parametrize("method", ["logit_mse", "dkd", "dist"])
+def test_every_logit_method_distils_from_merged_teachers(teachers, tmp_path, method):
+    config = build_config({**COMMON, "output_dir": str(tmp_path / method), "model": {"name": "mlp", "hidden": [32]},
+                           "train": {**BUDGET, "epochs": 2},
+                           "distill": {"teacher": [str(teachers["low"]), str(teachers["high"])], "method": method}})
+    evaluation = json.loads((run(config) / "evaluation.json").read_text())
+    assert evaluation["samples"] == 360 and "agreement" in evaluation
+
+
 class LogSoftmax(nn.Module):
     """A teacher reduced to its renormalised probabilities: what is left without its logits."""
 
