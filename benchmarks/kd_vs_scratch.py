@@ -49,6 +49,13 @@ def summarise(values: list[float]) -> dict:
             "values": values}
 
 
+def provenance() -> dict:
+    """The machine and the commit a result was measured with."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    return {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "commit": commit.strip()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -76,9 +83,7 @@ def main() -> None:
         rows[arm] = {"accuracy": summarise([e["accuracy"] for e in evaluations]),
                      "parameters": evaluations[0]["parameters"],
                      "wall_time_s": statistics.median(e["wall_time_s"] for e in evaluations if e["wall_time_s"])}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "commit": commit.strip(), "seeds": args.seeds, "rows": rows}
+    result = {**provenance(), "seeds": args.seeds, "rows": rows}
     (args.out / "kd_vs_scratch.json").write_text(json.dumps(result, indent=2))
     print(markdown(result))
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distillery.errors import ConfigError
 
@@ -25,6 +25,14 @@ class AugmentConfig(Strict):
         return self.shift > 0 or self.crop_padding > 0 or self.flip
 
 
+def _as_text(value: Any) -> Any:
+    return [str(name) for name in value] if isinstance(value, list) else value
+
+
+# YAML reads a class named 3 as the number 3; class names are text.
+ClassNames = Annotated[list[str], BeforeValidator(_as_text)]
+
+
 class DataConfig(Strict):
     dataset: str = "digits"
     path: Optional[str] = None
@@ -33,6 +41,8 @@ class DataConfig(Strict):
     test_limit: Optional[int] = Field(None, ge=1, description="use only this many test samples")
     normalize: bool = True
     augment: AugmentConfig = AugmentConfig()
+    classes: Optional[ClassNames] = Field(
+        None, min_length=1, description="train on these classes only (by name); the model predicts just them")
 
 
 class TrainConfig(Strict):

@@ -16,9 +16,8 @@ from distillery.config import RunConfig, dump_config
 from distillery.data import BatchIterator
 from distillery.engine import RunDirectory
 from distillery.models import build_model
-from distillery.runs import TEACHER_SETTINGS, PreparedData, _check_model_fits, _metadata, _teacher_for, prepare_data
+from distillery.runs import TEACHER_SETTINGS, PreparedData, _metadata, teachers_and_data
 from distillery.self_distillation import BornAgainResult, born_again, build_distiller
-from distillery.teachers.from_config import load_teachers
 
 TRAIN_OPTIONS = {"epochs", "lr", "optimizer", "weight_decay", "momentum", "schedule"}
 SUMMARY_KEYS = ("accuracy", "nll", "ece", "agreement")
@@ -33,11 +32,7 @@ def run_born_again(config: RunConfig, *, overwrite: bool = False) -> Path:
     """
     distill = config.distill
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
-    teachers = load_teachers(distill.teacher) if distill.teacher else []
-    data = prepare_data(config.data, teachers[0].metadata.get("preprocessing") if teachers else None)
-    for loaded in teachers:
-        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher")
-    teacher = _teacher_for(config, teachers) if teachers else None
+    teachers, data, teacher = teachers_and_data(config)
 
     def model_factory() -> nn.Module:
         return build_model(config.model, data.test.input_shape, data.test.num_classes)

@@ -19,6 +19,7 @@ from distillery.data import (
     filter_classes,
     labeled_mask,
     load_dataset,
+    select_classes,
     train_val_split,
 )
 from distillery.engine import RunDirectory, peer_record
@@ -73,6 +74,11 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
     train_full = _seeded_subset(train_full, data.train_limit)
     test = _seeded_subset(test, data.test_limit)
     train, val = train_val_split(train_full, data.val_fraction, seed=SPLIT_SEED)
+    # Normalised with every class's statistics: models of different class subsets then share their inputs.
+    all_classes = train
+    if data.classes is not None:
+        train, test = select_classes(train, data.classes), select_classes(test, data.classes)
+        val = select_classes(val, data.classes) if val is not None else None
     if transfer is not None:
         train = _transfer_set(train, transfer)
         if train.input_shape != test.input_shape:
@@ -84,7 +90,7 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
     if preprocessing is not None:
         normalizer = Normalizer.from_dict(preprocessing)
     else:
-        normalizer = Normalizer.fit(train) if data.normalize else None
+        normalizer = Normalizer.fit(all_classes if data.classes else train) if data.normalize else None
     if normalizer is not None:
         val = normalizer.apply(val) if val is not None else None
         test = normalizer.apply(test)
@@ -92,14 +98,30 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
     return PreparedData(train, val, test, normalizer, augmentation)
 
 
-def _check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str) -> None:
+def _check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str,
+                      classes: bool = True) -> None:
     shape = tuple(dataset.input_shape)
     if tuple(metadata["input_shape"]) != shape:
         raise ModelError(f"{role} {path} takes inputs of shape {tuple(metadata['input_shape'])} "
                          f"but the data has {shape}; use the data the {role} was trained for")
-    if int(metadata["num_classes"]) != dataset.num_classes:
+    if classes and int(metadata["num_classes"]) != dataset.num_classes:
         raise ModelError(f"{role} {path} predicts {metadata['num_classes']} classes but the data "
                          f"has {dataset.num_classes}; the {role} and the data must share their classes")
+
+
+def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedData, nn.Module | None]:
+    """The configured teachers (checked against the data), the data in their preprocessing, and the one
+    teacher module a method distils from (an ensemble or a label-space merge of several)."""
+    distill = config.distill
+    teachers = load_teachers(distill.teacher) if distill is not None and distill.teacher else []
+    preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
+    data = prepare_data(config.data, preprocessing, config.transfer)
+    for loaded in teachers:
+        # A teacher that names its classes may know others than the data's: _teacher_for merges label spaces.
+        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher",
+                          classes="class_names" not in loaded.metadata)
+    teacher = _teacher_for(config, teachers, data.test.class_names) if teachers else None
+    return teachers, data, teacher
 
 
 def run(config: RunConfig, *, overwrite: bool = False) -> Path:
@@ -114,18 +136,12 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
 
         return run_born_again(config, overwrite=overwrite)
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
-    teachers = load_teachers(config.distill.teacher) if config.distill is not None and config.distill.teacher else []
-    preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
-    data = prepare_data(config.data, preprocessing, config.transfer)
-    for loaded in teachers:
-        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher")
+    teachers, data, teacher = teachers_and_data(config)
     torch.manual_seed(config.seed)
     # The evaluation data's classes, not the transfer set's: a student distilled without some class still predicts it.
     model = build_model(config.model, data.test.input_shape, data.test.num_classes)
     metadata = _metadata(config, data, model)
-    teacher = None
     if teachers:
-        teacher = _teacher_for(config, teachers)
         if config.distill.init_from_teacher:
             report = initialize_from_teacher(model, teachers[0].model, config.distill.init_layer_map)
             metadata["initialized_from_teacher"] = report.summary()
@@ -186,11 +202,11 @@ def _label_options(transfer: TransferConfig | None, size: int) -> dict[str, Any]
     return {"with_labels": transfer.labels}
 
 
-def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher]) -> nn.Module:
+def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher], classes: list[str]) -> nn.Module:
     # Probabilities are averaged at the temperature the method softens with, as Hinton et al. average them.
     temperature = config.distill.temperature or method_default(config.distill.method, "temperature", 1.0)
-    return combine_teachers(teachers, weights=config.distill.teacher_weights, combine=config.distill.ensemble,
-                            temperature=temperature)
+    return combine_teachers(teachers, classes=classes, weights=config.distill.teacher_weights,
+                            combine=config.distill.ensemble, temperature=temperature)
 
 
 TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method",
@@ -280,7 +296,7 @@ def _metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[s
         "num_classes": data.test.num_classes,
         "class_names": list(data.test.class_names),
         "preprocessing": data.normalizer.to_dict() if data.normalizer else None,
-        "dataset": {"name": config.data.dataset, "path": config.data.path},
+        "dataset": {"name": config.data.dataset, "path": config.data.path, "classes": config.data.classes},
         "parameters": count_parameters(model),
         "config": config.model_dump(mode="json"),
     }
@@ -303,11 +319,8 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
     if config.data.augment.enabled and not distill.teacher_views:
         raise ConfigError("data.augment draws new images every epoch, so the teacher runs live; set "
                           "distill.teacher_views: K to cache K fixed augmented views")
-    teachers = load_teachers(distill.teacher)
-    data = prepare_data(config.data, teachers[0].metadata.get("preprocessing"), config.transfer)
-    for loaded in teachers:
-        _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher")
-    return _transfer_plan(config, data, _teacher_for(config, teachers), rebuild=rebuild).note
+    _, data, teacher = teachers_and_data(config)
+    return _transfer_plan(config, data, teacher, rebuild=rebuild).note
 
 
 def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, dataset: str | None = None,
@@ -323,7 +336,8 @@ def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, 
     recorded = metadata.get("dataset") or {}
     data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
                              path=data_path if dataset or data_path else recorded.get("path"),
-                             test_limit=test_limit, val_fraction=0.0, normalize=False)
+                             test_limit=test_limit, val_fraction=0.0, normalize=False,
+                             classes=recorded.get("classes") if dataset is None else None)
     data = prepare_data(data_config, metadata.get("preprocessing"))
     _check_model_fits(metadata, data.test, path, "model")
     teacher_model = None

@@ -8,9 +8,8 @@ from torch import nn
 from distillery.config import build_config
 from distillery.errors import ConfigError, ModelError
 from distillery.models import build_model
-from distillery.runs import _method_for, _teacher_for, run
+from distillery.runs import _method_for, run, teachers_and_data
 from distillery.teachers.ensemble import EnsembleTeacher
-from distillery.teachers.from_config import load_teachers
 
 COMMON = {"data": {"dataset": "digits", "val_fraction": 0.15}, "progress": False, "measure_latency": False}
 BUDGET = {"epochs": 10, "lr": 0.003, "batch_size": 64}
@@ -104,8 +103,8 @@ def hinted_config(tmp_path, teachers, **distill):
 
 def test_feature_hints_come_from_the_chosen_ensemble_teacher(teachers, tmp_path):
     config = hinted_config(tmp_path, teachers, hint_teacher=1, kd_weight=1.0)
-    ensemble = _teacher_for(config, load_teachers(config.distill.teacher))
-    method = _method_for(config, build_model(config.model, (1, 8, 8), 10), ensemble, (1, 8, 8))
+    _, _, ensemble = teachers_and_data(config)
+    method = _method_for(config, build_model(config.model, (1, 8, 8), 10), ensemble, (1, 8, 8), 10)
     assert method._teacher_modules[0] is ensemble.members[1].features[1]   # the cnn's, not the mlp's
     assert method.teacher is ensemble                                      # soft targets: the whole ensemble
     assert json.loads((run(config) / "evaluation.json").read_text())["samples"] == 360

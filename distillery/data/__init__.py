@@ -3,7 +3,7 @@ from distillery.data.augment import Augmentation, horizontal_flip, random_crop, 
 from distillery.data.batches import UNLABELED, BatchIterator
 from distillery.data.dataset import ArrayDataset
 from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
-from distillery.data.transfer import filter_classes, labeled_mask
+from distillery.data.transfer import filter_classes, labeled_mask, select_classes
 from distillery.data.transforms import Normalizer, train_val_split
 
 __all__ = [
@@ -22,5 +22,6 @@ __all__ = [
     "random_crop",
     "random_shift",
     "read_idx",
+    "select_classes",
     "train_val_split",
 ]

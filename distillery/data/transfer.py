@@ -1,4 +1,4 @@
-"""Transfer sets: the data a student distils on, restricted to chosen classes."""
+"""Class subsets: transfer sets restricted to chosen classes, and datasets narrowed to a smaller label space."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -56,3 +56,25 @@ def labeled_mask(size: int, fraction: float, seed: int) -> torch.Tensor:
     mask = torch.zeros(size, dtype=torch.bool)
     mask[torch.randperm(size, generator=generator)[:count]] = True
     return mask
+
+
+def select_classes(dataset: ArrayDataset, names: Sequence[str | int], setting: str = "data.classes") -> ArrayDataset:
+    """The samples of the named classes, relabelled 0..len(names)-1 in the dataset's class order.
+
+    Unlike :func:`filter_classes` the label space shrinks: a model trained on the result predicts
+    only these classes, and its checkpoint lists exactly them (a teacher for a label-space merge).
+
+    Example::
+
+        low = select_classes(train, ["0", "1", "2", "3", "4"])   # class_names ["0".."4"], labels 0..4
+    """
+    chosen = sorted(_class_ids(dataset, names, setting))
+    relabel = torch.full((dataset.num_classes,), -1, dtype=torch.int64)
+    relabel[chosen] = torch.arange(len(chosen))
+    kept = (relabel[dataset.labels] >= 0).nonzero().squeeze(1)
+    if len(kept) == 0:
+        raise DataError(f"{dataset.source or 'the data'} has no samples of the classes in {setting}; "
+                        "choose classes that have samples")
+    subset = dataset.subset(kept)
+    return ArrayDataset(subset.inputs, relabel[subset.labels], [dataset.class_names[i] for i in chosen],
+                        dataset.source)

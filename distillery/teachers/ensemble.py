@@ -11,6 +11,15 @@ from distillery.errors import ConfigError, ModelError
 COMBINE = ("probabilities", "logits")
 
 
+def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """One weight per teacher (equal when None), scaled to sum to 1; bad weights are a ConfigError."""
+    weights = [1.0] * count if weights is None else [float(w) for w in weights]
+    if len(weights) != count or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"teacher_weights {weights} must be one non-negative weight per teacher ({count}), "
+                          "not all zero")
+    return [w / sum(weights) for w in weights]
+
+
 class EnsembleTeacher(nn.Module):
     """A weighted ensemble of frozen teachers that outputs logits a distillation loss can use as is.
 
@@ -31,14 +40,11 @@ class EnsembleTeacher(nn.Module):
             raise ConfigError("an ensemble needs at least one teacher")
         if combine not in COMBINE:
             raise ConfigError(f"unknown ensemble rule {combine!r}; choose one of: {', '.join(COMBINE)}")
-        weights = [1.0] * len(teachers) if weights is None else [float(w) for w in weights]
-        if len(weights) != len(teachers) or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"teacher_weights {weights} must be one non-negative weight per teacher "
-                              f"({len(teachers)}), not all zero")
+        weights = normalized_weights(weights, len(teachers))
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         self.members = nn.ModuleList(teachers)
-        self.register_buffer("weights", torch.tensor(weights) / sum(weights), persistent=False)
+        self.register_buffer("weights", torch.tensor(weights), persistent=False)
         self.combine = combine
         self.temperature = temperature
 

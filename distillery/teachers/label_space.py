@@ -1,0 +1,95 @@
+"""Teachers trained on different class sets, merged into one teacher over the union of their classes."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from distillery.errors import ConfigError, ModelError
+from distillery.teachers.ensemble import normalized_weights
+
+
+class LabelSpaceMerge(nn.Module):
+    """Frozen teachers, each predicting its own named classes, acting as one teacher over ``classes``.
+
+    The rule, a *logit union*: the merged logit of class c is the weighted mean of z_i(c) over the
+    teachers i whose classes include c. A loss then softens the merged logits at its temperature
+    exactly as it would one teacher's, so every logit method and precomputed teacher logits work.
+
+    Why: teacher i, trained on the subset S_i, only knows the distribution within S_i:
+    softmax(z_i)(c) = q(c) / Q_i, with Q_i the unknown total mass of S_i. The ratios within S_i
+    are taken from it as they are; for the split between subsets the only signal it carries is the
+    size of its unnormalised evidence exp(logsumexp(z_i)) (the "energy" score of Liu et al. 2020),
+    and placing its logits side by side gives S_i exactly that mass. A class several teachers know
+    gets the mean of their logits. Independently trained teachers' logit scales are not calibrated
+    to each other, so without labels the split between subsets can be off; labels on the transfer
+    set correct it through the hard-label term. docs/label-merge.md has the derivation.
+
+    Example::
+
+        digits = [str(d) for d in range(10)]
+        teacher = LabelSpaceMerge([low, high], [digits[:5], digits[5:]], digits)
+        targets = torch.softmax(teacher(inputs) / 4.0, dim=-1)   # over all ten digits
+    """
+
+    def __init__(self, teachers: Sequence[nn.Module], teacher_classes: Sequence[Sequence[str]],
+                 classes: Sequence[str], *, weights: Sequence[float] | None = None,
+                 names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        if not teachers or len(teacher_classes) != len(teachers):
+            raise ConfigError(f"a label-space merge needs one class list per teacher; got {len(teachers)} teachers "
+                              f"and {len(teacher_classes)} class lists")
+        names = list(names) if names is not None else [f"teacher {i + 1}" for i in range(len(teachers))]
+        classes = [str(name) for name in classes]
+        own_classes = [[str(name) for name in own] for own in teacher_classes]
+        weights = normalized_weights(weights, len(teachers))
+        coverage = torch.zeros(len(classes))
+        for index, (own, name, weight) in enumerate(zip(own_classes, names, weights)):
+            positions = torch.tensor(_positions(own, classes, name))
+            coverage.index_add_(0, positions, torch.full((len(own),), weight))
+            self.register_buffer(f"positions_{index}", positions, persistent=False)
+        _check_covered(classes, coverage, own_classes, names)
+        self.members = nn.ModuleList(teachers)
+        self.classes = classes
+        self.teacher_weights = weights
+        self.register_buffer("coverage", coverage, persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        merged = None
+        for index, (member, weight) in enumerate(zip(self.members, self.teacher_weights)):
+            positions = getattr(self, f"positions_{index}")
+            logits = member(inputs)
+            if logits.dim() != 2 or logits.shape[1] != len(positions):
+                raise ModelError(f"teacher {index + 1} of the merge outputs {tuple(logits.shape[1:])} but names "
+                                 f"{len(positions)} classes; give each teacher the class list it predicts")
+            if merged is None:
+                merged = logits.new_zeros(len(logits), len(self.classes))
+            merged.index_add_(1, positions, weight * logits)
+        return merged / self.coverage.to(merged.dtype)
+
+
+def _positions(own: list[str], classes: list[str], name: str) -> list[int]:
+    for class_name in own:
+        if class_name not in classes:
+            raise ModelError(f"teacher {name} predicts {len(own)} classes but the data has {len(classes)}: its "
+                             f"class {class_name!r} is not among the data's ({', '.join(classes)}); distil on data "
+                             "that has that class, or leave this teacher out")
+    if len(set(own)) != len(own):
+        raise ModelError(f"teacher {name} names a class twice ({', '.join(own)}); class names must be unique")
+    return [classes.index(class_name) for class_name in own]
+
+
+def _check_covered(classes: list[str], coverage: torch.Tensor, own_classes: list[list[str]],
+                   names: list[str]) -> None:
+    uncovered = [name for name, weight in zip(classes, coverage.tolist()) if weight <= 0]
+    if not uncovered:
+        return
+    known = {class_name for own in own_classes for class_name in own}
+    who = (f"teacher {names[0]} predicts {len(own_classes[0])} classes" if len(names) == 1
+           else f"teachers {', '.join(names)} predict {len(known)} classes together")
+    missing = uncovered[0]
+    why = ("only teachers of weight 0 predict it; give one a weight" if missing in known
+           else "add a teacher that predicts it to distill.teacher, or leave it out of the student with data.classes")
+    raise ModelError(f"{who} but the data has {len(classes)}: no teacher covers class {missing!r} "
+                     f"(uncovered: {', '.join(uncovered)}); {why}")
