@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo demo-fashion test bench-kd clean
+.PHONY: setup data demo demo-fashion test bench bench-quick bench-kd clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,14 @@ demo-fashion: setup data
 
 test: setup data
 	$(BIN)/pytest
+
+# The whole suite (BENCHMARKS.md, docs/benchmarks/*.png). TEACHER=runs/fashion_mnist/teacher reuses a teacher.
+bench: setup data
+	$(BIN)/python benchmarks/suite.py $(if $(TEACHER),--teacher $(TEACHER))
+
+# The same code on a slice of the data with short budgets; writes bench-out/suite-quick/BENCHMARKS.md.
+bench-quick: setup data
+	$(BIN)/python benchmarks/suite.py --quick --out bench-out/suite-quick $(if $(TEACHER),--teacher $(TEACHER))
 
 bench-kd: setup data
 	$(BIN)/python benchmarks/kd_vs_scratch.py
