@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from distillery.data import ArrayDataset, BatchIterator
-from distillery.engine import Trainer, build_optimizer, build_scheduler, peer_record, resolve_device
+from distillery.engine import Trainer, build_optimizer, build_scheduler, compile_student, peer_record, resolve_device
 from distillery.errors import ConfigError, DataError
 from distillery.eval.latency import measure_latency
 from distillery.eval.metrics import (
@@ -62,16 +62,24 @@ def as_batches(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable
 def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs: int = 10, lr: float = 1e-3,
                optimizer: str = "adamw", weight_decay: float = 5e-4, momentum: float = 0.9,
                schedule: str = "cosine", batch_size: int = 128, seed: int = 0, device: str = "auto",
-               progress: bool = True, on_epoch_end=None, description: str = "train") -> Result:
-    """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you."""
+               progress: bool = True, on_epoch_end=None, description: str = "train", precision: str = "fp32",
+               compile: bool = False) -> Result:
+    """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you.
+
+    ``precision="bf16"`` runs each step under bfloat16 autocast; ``compile=True`` compiles the student
+    with torch.compile. Neither changes what is saved.
+    """
     train_batches = as_batches(train_data, batch_size, shuffle=True, seed=seed)
     val_batches = as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed) if val_data is not None else None
     steps_per_epoch = _steps_per_epoch(train_batches, schedule)
     target = resolve_device(device)
     method.to(target)
+    if compile:
+        compile_student(method)
     opt = build_optimizer(method.trainable_parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
     scheduler = build_scheduler(opt, schedule, total_steps=epochs * steps_per_epoch)
-    trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress, description=description)
+    trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress, description=description,
+                      precision=precision)
     fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
     method.student.load_state_dict(fitted.best_state)
     peers = {}
@@ -101,7 +109,7 @@ def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoo
 
     ``train_data`` is an ArrayDataset or any re-iterable of (inputs, labels) batches, e.g. a DataLoader.
     Options: epochs, lr, optimizer ("adamw"/"sgd"), weight_decay, schedule ("cosine"/"onecycle"/"constant"),
-    batch_size, device, progress.
+    batch_size, device, progress, precision ("fp32"/"bf16"), compile.
 
     Example::
 

@@ -54,6 +54,8 @@ class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: bfloat16 autocast for training steps")
+    compile: bool = Field(False, description="compile the student with torch.compile")
 
 
 # The methods born-again generations can distil with: each learns from one teacher's logits.

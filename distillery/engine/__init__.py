@@ -1,6 +1,6 @@
 """The training loop, optimisers and schedules, checkpoints and devices."""
 from distillery.engine.checkpoint import load_checkpoint_files, save_checkpoint
-from distillery.engine.device import resolve_device
+from distillery.engine.device import autocast, compile_student, resolve_device
 from distillery.engine.optim import build_optimizer, build_scheduler
 from distillery.engine.run_dir import RunDirectory
 from distillery.engine.trainer import FitResult, PeerBest, Trainer, peer_record
@@ -10,8 +10,10 @@ __all__ = [
     "PeerBest",
     "RunDirectory",
     "Trainer",
+    "autocast",
     "build_optimizer",
     "build_scheduler",
+    "compile_student",
     "load_checkpoint_files",
     "peer_record",
     "resolve_device",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distillery.engine.device import autocast
 from distillery.errors import DataError
 
 if TYPE_CHECKING:
@@ -77,8 +78,10 @@ class Trainer:
     """
 
     def __init__(self, method: "Method", optimizer: torch.optim.Optimizer, scheduler=None, *, epochs: int,
-                 device: torch.device | str = "cpu", progress: bool = True, description: str = "train") -> None:
+                 device: torch.device | str = "cpu", progress: bool = True, description: str = "train",
+                 precision: str = "fp32") -> None:
         self.method = method.to(device)
+        self.precision = precision
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.epochs = epochs
@@ -117,7 +120,8 @@ class Trainer:
             inputs, labels, indices = unpack_batch(batch)
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True) if labels is not None else None
-            output = self.method.step(inputs, labels, indices)
+            with autocast(self.device, self.precision):
+                output = self.method.step(inputs, labels, indices)
             self.optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             self.optimizer.step()

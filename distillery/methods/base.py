@@ -30,6 +30,8 @@ class Method(nn.Module):
     call ``method.train()`` without knowing which parts are teachers.
     """
 
+    uses_feature_hooks = False  # True where step() reads the student's features through forward hooks
+
     def __init__(self, student: nn.Module) -> None:
         super().__init__()
         self.student = student

@@ -51,6 +51,8 @@ class DeepSupervision(Method):
         method = DeepSupervision(student, student_layers=["features.0", "features.1"], input_shape=(1, 8, 8))
     """
 
+    uses_feature_hooks = True  # train.compile refuses such a method (see compile_student)
+
     def __init__(self, student: nn.Module, *, student_layers: Sequence[str],
                  input_shape: Sequence[int] | None = None, temperature: float = 3.0, alpha: float = 0.7,
                  aux_weight: float = 1.0, label_smoothing: float = 0.0) -> None:

@@ -26,6 +26,8 @@ class FeatureMethod(Method):
     with forward hooks only during :meth:`step`; the models are never modified.
     """
 
+    uses_feature_hooks = True  # train.compile refuses such a method (see compile_student)
+
     feature_log = "feature"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, student_layers: Sequence[str],
