@@ -63,11 +63,11 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
                optimizer: str = "adamw", weight_decay: float = 5e-4, momentum: float = 0.9,
                schedule: str = "cosine", batch_size: int = 128, seed: int = 0, device: str = "auto",
                progress: bool = True, on_epoch_end=None, description: str = "train", precision: str = "fp32",
-               compile: bool = False) -> Result:
+               compile: bool = False, grad_clip: float | None = None) -> Result:
     """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you.
 
     ``precision="bf16"`` runs each step under bfloat16 autocast; ``compile=True`` compiles the student
-    with torch.compile. Neither changes what is saved.
+    with torch.compile. Neither changes what is saved. ``grad_clip`` caps the gradients' global norm.
     """
     train_batches = as_batches(train_data, batch_size, shuffle=True, seed=seed)
     val_batches = as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed) if val_data is not None else None
@@ -79,7 +79,7 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
     opt = build_optimizer(method.trainable_parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
     scheduler = build_scheduler(opt, schedule, total_steps=epochs * steps_per_epoch)
     trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress, description=description,
-                      precision=precision)
+                      precision=precision, grad_clip=grad_clip)
     fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
     method.student.load_state_dict(fitted.best_state)
     peers = {}
@@ -109,7 +109,7 @@ def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoo
 
     ``train_data`` is an ArrayDataset or any re-iterable of (inputs, labels) batches, e.g. a DataLoader.
     Options: epochs, lr, optimizer ("adamw"/"sgd"), weight_decay, schedule ("cosine"/"onecycle"/"constant"),
-    batch_size, device, progress, precision ("fp32"/"bf16"), compile.
+    batch_size, device, progress, precision ("fp32"/"bf16"), compile, grad_clip.
 
     Example::
 

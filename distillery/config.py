@@ -56,6 +56,7 @@ class TrainConfig(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: bfloat16 autocast for training steps")
     compile: bool = Field(False, description="compile the student with torch.compile")
+    grad_clip: Optional[float] = Field(None, gt=0.0, description="clip the gradients' global norm to this value")
 
 
 # The methods born-again generations can distil with: each learns from one teacher's logits.

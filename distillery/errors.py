@@ -23,3 +23,7 @@ class CheckpointError(DistilleryError):
 
 class RunExistsError(DistilleryError):
     """The output directory already holds a finished run."""
+
+
+class NumericalError(DistilleryError):
+    """Training produced a NaN or infinite loss."""

@@ -19,7 +19,7 @@ from distillery.models import build_model
 from distillery.runs import TEACHER_SETTINGS, PreparedData, _metadata, teachers_and_data
 from distillery.self_distillation import BornAgainResult, born_again, build_distiller
 
-TRAIN_OPTIONS = {"epochs", "lr", "optimizer", "weight_decay", "momentum", "schedule", "precision", "compile"}
+TRAIN_OPTIONS = {"epochs", "lr", "optimizer", "weight_decay", "momentum", "schedule", "precision", "compile", "grad_clip"}
 SUMMARY_KEYS = ("accuracy", "nll", "ece", "agreement")
 
 

@@ -167,7 +167,7 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     result = fit_method(method, plan.batches, val_batches, epochs=train.epochs, lr=train.lr,
                         optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
                         schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
-                        precision=train.precision, compile=train.compile,
+                        precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
                         on_epoch_end=after_epoch, description=metadata["role"])
     evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
                           latency=config.measure_latency)

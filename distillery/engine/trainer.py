@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distillery.engine.device import autocast
-from distillery.errors import DataError
+from distillery.errors import DataError, NumericalError
 
 if TYPE_CHECKING:
-    from distillery.methods.base import Method
+    from distillery.methods.base import Method, StepOutput
 
 EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
 
@@ -79,9 +79,10 @@ class Trainer:
 
     def __init__(self, method: "Method", optimizer: torch.optim.Optimizer, scheduler=None, *, epochs: int,
                  device: torch.device | str = "cpu", progress: bool = True, description: str = "train",
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", grad_clip: float | None = None) -> None:
         self.method = method.to(device)
         self.precision = precision
+        self.grad_clip = grad_clip
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.epochs = epochs
@@ -116,14 +117,17 @@ class Trainer:
         seen = 0
         bar = tqdm(batches, desc=f"{self.description} {epoch}/{self.epochs}", disable=not self.progress,
                    leave=False, file=sys.stderr, dynamic_ncols=True)
-        for batch in bar:
+        for step, batch in enumerate(bar, start=1):
             inputs, labels, indices = unpack_batch(batch)
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True) if labels is not None else None
             with autocast(self.device, self.precision):
                 output = self.method.step(inputs, labels, indices)
+            check_finite(output, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
@@ -168,6 +172,18 @@ class Trainer:
                 best.score, best.epoch = score, record["epoch"]
                 best.state = copy.deepcopy(peer.state_dict())
                 best.metrics = {k: v for k, v in view.items() if k.startswith("val/")}
+
+
+def check_finite(output: "StepOutput", epoch: int, step: int) -> None:
+    """Stop at the first NaN or infinite loss, before it reaches the weights, naming the part it came from."""
+    if bool(torch.isfinite(output.loss.detach())):
+        return
+    bad = [name for name, value in output.logs.items() if not bool(torch.isfinite(value).all())]
+    parts = ", ".join(f"{name} {float(output.logs[name]):g}" for name in bad) or "no logged part (the total)"
+    raise NumericalError(
+        f"the loss became {float(output.loss.detach()):g} at epoch {epoch}, step {step} (non-finite: {parts}); "
+        "weights before this step are untouched and the last finished epoch is in last.safetensors; "
+        "lower train.lr, or set train.grad_clip (e.g. 1.0)")
 
 
 @torch.no_grad()
