@@ -324,6 +324,27 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
     return _transfer_plan(config, data, teacher, rebuild=rebuild).note
 
 
+def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str | None = None,
+                    data_path: str | None = None, test_limit: int | None = None) -> PreparedData:
+    """A checkpoint's recorded dataset (or ``dataset``) in its recorded preprocessing, checked to fit the model.
+
+    There is no validation split: ``train`` is the whole training split (raw), ``test`` is normalised.
+
+    Example::
+
+        model, metadata = load_model("runs/distilled")
+        test = checkpoint_data("runs/distilled", metadata).test
+    """
+    recorded = metadata.get("dataset") or {}
+    data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
+                             path=data_path if dataset or data_path else recorded.get("path"),
+                             test_limit=test_limit, val_fraction=0.0, normalize=False,
+                             classes=recorded.get("classes") if dataset is None else None)
+    data = prepare_data(data_config, metadata.get("preprocessing"))
+    _check_model_fits(metadata, data.test, path, "model")
+    return data
+
+
 def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, dataset: str | None = None,
                         data_path: str | None = None, test_limit: int | None = None,
                         latency: bool = True) -> dict[str, Any]:
@@ -334,13 +355,7 @@ def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, 
         metrics = evaluate_checkpoint("runs/distilled", teacher="runs/teacher")
     """
     model, metadata = load_model(path)
-    recorded = metadata.get("dataset") or {}
-    data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
-                             path=data_path if dataset or data_path else recorded.get("path"),
-                             test_limit=test_limit, val_fraction=0.0, normalize=False,
-                             classes=recorded.get("classes") if dataset is None else None)
-    data = prepare_data(data_config, metadata.get("preprocessing"))
-    _check_model_fits(metadata, data.test, path, "model")
+    data = checkpoint_data(path, metadata, dataset=dataset, data_path=data_path, test_limit=test_limit)
     teacher_model = None
     if teacher is not None:
         teacher_model, teacher_metadata = load_teacher(teacher)

@@ -1,4 +1,4 @@
-"""CPU inference latency (batch of one) and throughput (large batch) of a model."""
+"""CPU inference latency (batch of one) and throughput (large batch) of a model, or of any callable."""
 from __future__ import annotations
 
 import contextlib
@@ -39,6 +39,42 @@ def _require_count(name: str, value: int, minimum: int) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def time_inference(
+    run: Callable[[object], object],
+    input_shape: Sequence[int],
+    batch1_repeats: int = 200,
+    throughput_batch: int = 256,
+    throughput_repeats: int = 10,
+    warmup: int = 10,
+    to_input: Callable[[torch.Tensor], object] = lambda inputs: inputs,
+) -> dict[str, float | int]:
+    """Median and 95th-percentile latency of ``run`` on one sample, and its samples/s on `throughput_batch`.
+
+    ``run`` is called on random inputs (fixed seed) of shape ``(batch, *input_shape)``, each converted
+    once, before timing, by ``to_input`` (a runtime other than torch may want numpy arrays). The
+    throughput key keeps its name for any `throughput_batch`; "throughput_batch" says which it was.
+    Example: `time_inference(session_run, (1, 28, 28), to_input=lambda t: t.numpy())["batch1_p95_ms"]`.
+    """
+    for name, value in [("batch1_repeats", batch1_repeats), ("throughput_batch", throughput_batch),
+                        ("throughput_repeats", throughput_repeats)]:
+        _require_count(name, value, 1)
+    _require_count("warmup", warmup, 0)
+    generator = torch.Generator().manual_seed(0)
+    single = to_input(torch.randn((1, *input_shape), generator=generator))
+    batch = to_input(torch.randn((throughput_batch, *input_shape), generator=generator))
+    _seconds_per_call(lambda: run(single), warmup)
+    batch1 = np.array(_seconds_per_call(lambda: run(single), batch1_repeats)) * 1000.0
+    # One or two untimed large batches are enough to allocate the large buffers.
+    _seconds_per_call(lambda: run(batch), min(warmup, 2))
+    total = sum(_seconds_per_call(lambda: run(batch), throughput_repeats))
+    return {
+        "batch1_median_ms": float(np.median(batch1)),
+        "batch1_p95_ms": float(np.percentile(batch1, 95)),
+        "batch256_samples_per_s": throughput_batch * throughput_repeats / max(total, 1e-9),
+        "throughput_batch": throughput_batch,
+    }
+
+
 @torch.no_grad()
 def measure_latency(
     model: nn.Module,
@@ -53,31 +89,13 @@ def measure_latency(
 
     The model runs in eval mode on random inputs (fixed seed) and its mode is restored after;
     a model on another device is measured on a CPU copy. `threads` sets torch's intra-op
-    threads for the measurement only. The throughput key keeps its name for any
-    `throughput_batch`; "throughput_batch" says which batch size it was.
+    threads for the measurement only. The timing itself is :func:`time_inference`'s.
     Example: `measure_latency(mlp((64,), 10), (64,))["batch1_median_ms"]`.
     """
-    for name, value in [("batch1_repeats", batch1_repeats), ("throughput_batch", throughput_batch),
-                        ("throughput_repeats", throughput_repeats)]:
-        _require_count(name, value, 1)
-    _require_count("warmup", warmup, 0)
     if threads is not None:
         _require_count("threads", threads, 1)
     if model_device(model).type != "cpu":
         model = copy.deepcopy(model).cpu()  # never move the caller's model off its device
-    generator = torch.Generator().manual_seed(0)
-    single = torch.randn((1, *input_shape), generator=generator)
-    batch = torch.randn((throughput_batch, *input_shape), generator=generator)
     with eval_mode(model), _num_threads(threads) as used_threads:
-        _seconds_per_call(lambda: model(single), warmup)
-        batch1 = np.array(_seconds_per_call(lambda: model(single), batch1_repeats)) * 1000.0
-        # One or two untimed large batches are enough to allocate the large buffers.
-        _seconds_per_call(lambda: model(batch), min(warmup, 2))
-        total = sum(_seconds_per_call(lambda: model(batch), throughput_repeats))
-    return {
-        "batch1_median_ms": float(np.median(batch1)),
-        "batch1_p95_ms": float(np.percentile(batch1, 95)),
-        "batch256_samples_per_s": throughput_batch * throughput_repeats / max(total, 1e-9),
-        "throughput_batch": throughput_batch,
-        "threads": used_threads,
-    }
+        timings = time_inference(model, input_shape, batch1_repeats, throughput_batch, throughput_repeats, warmup)
+    return {**timings, "threads": used_threads}
