@@ -7,6 +7,7 @@ Example::
     print(distillery.evaluate(result.model, test_loader, teacher=teacher))
 """
 from distillery.api import Result, distill, distill_online, evaluate, mutual, train
+from distillery.compress import compress_report, export_model, quantize_model
 from distillery.config import RunConfig, load_config
 from distillery.data import ArrayDataset, BatchIterator, load_dataset
 from distillery.demo import demo
@@ -33,16 +34,19 @@ __all__ = [
     "RunExistsError",
     "born_again",
     "build_model",
+    "compress_report",
     "deep_supervision",
     "demo",
     "distill",
     "distill_online",
     "evaluate",
     "evaluate_checkpoint",
+    "export_model",
     "load_config",
     "load_dataset",
     "load_model",
     "mutual",
+    "quantize_model",
     "run",
     "train",
     "write_report",

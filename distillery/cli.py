@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from distillery.compress import DEFAULT_TOLERANCE, compress_report, export_model, quantize_model
 from distillery.config import load_config
 from distillery.demo import demo as run_demo
 from distillery.errors import ConfigError, DistilleryError
@@ -134,6 +135,57 @@ def demo(dataset: str = typer.Option("digits", help="digits (embedded, under 3 m
     result = run_demo(dataset, output_dir, overwrite=overwrite, seed=seed, progress=not quiet)
     typer.echo(result.table)
     typer.echo(f"\nreport: {result.report['html']}")
+
+
+@app.command()
+@user_errors
+def export(checkpoint: Path = typer.Argument(..., help="A run directory or a .safetensors checkpoint."),
+           format_: str = typer.Option("onnx", "--format", help="onnx, or pt2 (torch.export's ExportedProgram)."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                 help="Where to write it (default: <run>/model.onnx or .pt2)."),
+           tolerance: float = typer.Option(DEFAULT_TOLERANCE,
+                                           help="Largest absolute logit difference from PyTorch accepted.")) -> None:
+    """Export a checkpoint's model (the student only) and verify it against PyTorch on its test set."""
+    result = export_model(checkpoint, format=format_, output=output, tolerance=tolerance)
+    typer.echo(f"{result.path}: {result.parameters:,} parameters, {result.size_bytes / 1024:.1f} KiB")
+    typer.echo(f"  verified on {result.samples} test samples: largest logit difference from PyTorch "
+               f"{result.max_abs_diff:.2g} (tolerance {result.tolerance:g})")
+
+
+@app.command()
+@user_errors
+def quantize(checkpoint: Path = typer.Argument(..., help="A run directory or a .safetensors checkpoint."),
+             mode: str = typer.Option("auto", help="auto (static with convolutions, else dynamic), dynamic or static."),
+             calibration_samples: Optional[int] = typer.Option(
+                 None, help="Training samples that calibrate static quantization (default 512)."),
+             calibration_dataset: Optional[str] = typer.Option(None, help="Calibrate on this dataset's training split."),
+             calibration_path: Optional[str] = typer.Option(None, help="Where that dataset's files are."),
+             output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                   help="Where to write it (default: <run>/model.int8.onnx).")) -> None:
+    """Quantize a checkpoint's model to an int8 ONNX model and compare it with the fp32 one on the test set."""
+    result = quantize_model(checkpoint, mode=mode, calibration_samples=calibration_samples,
+                            calibration_dataset=calibration_dataset, calibration_path=calibration_path, output=output)
+    calibration = f", calibrated on {result.calibration_samples} samples" if result.calibration_samples else ""
+    typer.echo(f"{result.path}: int8, {result.mode} quantization{calibration}")
+    typer.echo(f"  accuracy   fp32 {result.fp32_accuracy:.2%}  int8 {result.int8_accuracy:.2%}  "
+               f"on {result.samples:,} test samples")
+    typer.echo(f"  size       fp32 {result.fp32_size_bytes / 1024:.1f} KiB  int8 {result.int8_size_bytes / 1024:.1f} KiB")
+    typer.echo(f"  agreement  {result.agreement:.2%} of top-1 predictions")
+
+
+@app.command("compress-report")
+@user_errors
+def compress_report_command(
+        teacher: Path = typer.Option(..., help="The teacher's checkpoint."),
+        scratch: Path = typer.Option(..., help="The student trained from scratch."),
+        distilled: Path = typer.Option(..., help="The distilled student."),
+        output_dir: Path = typer.Option(Path("compress-report"), "--output-dir", "-o",
+                                        help="Where the ONNX models and the report go."),
+        threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: torch's).")) -> None:
+    """Teacher and distilled student in fp32 and int8, and the student from scratch, measured in ONNX Runtime."""
+    result = compress_report(teacher, scratch, distilled, output_dir, threads=threads)
+    typer.echo(result.table)
+    typer.echo(f"report written: {result.markdown}, {result.json} and {result.plot}")
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from distillery.atomic import atomic_write  # noqa: E402
 
@@ -274,3 +274,47 @@ def _nested(mapping: dict, *keys: str):
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def plot_compression(rows: Sequence[dict], path: str | Path) -> Path:
+    """Accuracy against batch-1 latency (log scale) of deployed models, marker area ∝ size on disk.
+
+    Each row names its ``model`` (one colour each) and ``precision`` (fp32 a circle, int8 a square) and
+    gives ``accuracy`` (0-1), ``size_bytes`` and ``latency["batch1_median_ms"]``; every point is labelled.
+    Example: ``plot_compression(report.rows, "out/compress.png")``
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
+    palette = plt.get_cmap("tab10").colors
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    largest = max((row["size_bytes"] for row in rows), default=0)
+    labels = []
+    for row in rows:
+        area = max(_MAX_MARKER_AREA * row["size_bytes"] / largest, _MIN_MARKER_AREA) if largest else _MIN_MARKER_AREA
+        latency, accuracy = row["latency"]["batch1_median_ms"], 100 * row["accuracy"]
+        ax.scatter(latency, accuracy, s=area, color=palette[models.index(row["model"]) % len(palette)],
+                   marker="s" if row["precision"] == "int8" else "o", alpha=0.6, edgecolors="black")
+        labels.append((f"{row['model']} {row['precision']}", latency, accuracy, math.sqrt(area) / 2))
+    ax.set_xscale("log")
+    ax.set_xlabel("batch-1 latency in ONNX Runtime, median (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Accuracy vs batch-1 latency\n(marker area ∝ size on disk, largest {largest / 1024:,.1f} KiB; "
+                 "circles fp32, squares int8)", fontsize=11)
+    ax.grid(alpha=0.3, which="both")
+    ax.margins(x=0.25, y=0.25)  # room for the largest marker at the edges of the data
+    if labels:
+        _annotate_points(ax, labels)
+    _plain_log_ticks(ax.xaxis, ax.get_xlim())
+    return _save(fig, path)
+
+
+def _plain_log_ticks(axis, limits: tuple[float, float]) -> None:
+    """Tick labels such as 0.05 instead of 5×10⁻²; every minor tick labelled within a decade, fewer beyond."""
+    decades = math.log10(limits[1] / limits[0])
+    shown = range(1, 10) if decades < 1 else (2, 5) if decades < 3 else ()
+
+    def minor(value: float, _position) -> str:
+        leading = round(value / 10 ** math.floor(math.log10(value) + 1e-9))
+        return f"{value:g}" if leading in shown else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda value, _position: f"{value:g}"))
+    axis.set_minor_formatter(FuncFormatter(minor))
