@@ -60,6 +60,7 @@ METHODS = {
                                               {"cnn"}),
 }
 SELF_TAUGHT = ("mutual", "online", "deep_supervision")
+PARTS = ("methods", "sweep", "speed", "reference")
 SWEEP = {"temperature": [1.0, 2.0, 4.0, 8.0], "alpha": [0.0, 0.5, 0.9]}
 
 
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a slice of the data and short budgets (minutes)")
     parser.add_argument("--write", type=Path, help="the Markdown file to update (BENCHMARKS.md; "
                                                   "<out>/BENCHMARKS.md with --quick)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (all)")
     parser.add_argument("--epochs-mlp", type=int, default=40, help="the MLP student's budget, every row alike")
     parser.add_argument("--epochs-cnn", type=int, default=20, help="the tiny CNN's budget, every row alike")
     args = parser.parse_args()
@@ -184,12 +186,14 @@ def main() -> None:
         # Students tested on a slice are compared with the teacher on the same slice.
         teacher = evaluate_checkpoint(teacher_dir, test_limit=QUICK_TEST_LIMIT, latency=True)
 
-    rows = method_rows(args, teacher_dir, teacher["accuracy"])
-    grid = sweep(args, teacher_dir)
+    rows = method_rows(args, teacher_dir, teacher["accuracy"]) if "methods" in args.parts else {}
+    grid = sweep(args, teacher_dir) if "sweep" in args.parts else None
     quick = ["--quick"] if args.quick else []
-    speed = helper_script("speed", ["--teacher", str(teacher_dir), "--out", str(args.out / "speed.json"), *quick])
+    speed = helper_script("speed", ["--teacher", str(teacher_dir), "--out", str(args.out / "speed.json"), *quick]) \
+        if "speed" in args.parts else None
     reference = helper_script("reference_loop", ["--out", str(args.out / "reference.json"),
-                                                 *(["--repeats", "1", "--train-limit", "4000"] if args.quick else [])])
+                                                 *(["--repeats", "1", "--train-limit", "4000"] if args.quick else [])]) \
+        if "reference" in args.parts else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     result = {"machine": machine(), "commit": commit.strip(), "command": " ".join(["python", *sys.argv]),
               "quick": args.quick, "seeds": args.seeds, "epochs": args.epochs, "teacher": teacher,

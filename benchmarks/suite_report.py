@@ -100,11 +100,20 @@ def markdown(result: dict, plots: dict[str, Path], relative_to: Path) -> str:
              f"Seeds {result['seeds']}; suite wall time {result['suite_wall_time_s'] / 60:.0f} min.", "",
              f"Teacher: {teacher['accuracy']:.2%} test accuracy, {teacher['parameters']:,} parameters. "
              "Gap closed = (distilled − scratch) / (teacher − scratch), on the mean accuracies.", "",
-             *_methods_table(result), "",
-             f"![methods]({_link(plots['methods'], relative_to)})", "",
-             f"![sweep]({_link(plots['sweep'], relative_to)})", "",
-             "### Speed", "", *_speed_lines(result["speed"]), "",
-             "### The reference tutorial loop", "",
+             *_methods_table(result), ""]
+    if "methods" in plots:
+        lines += [f"![methods]({_link(plots['methods'], relative_to)})", ""]
+    if "sweep" in plots:
+        lines += [f"![sweep]({_link(plots['sweep'], relative_to)})", ""]
+    if result["speed"]:
+        lines += ["### Speed", "", *_speed_lines(result["speed"]), ""]
+    if result["reference"]:
+        lines += _reference_lines(reference)
+    return "\n".join(lines)
+
+
+def _reference_lines(reference: dict) -> list[str]:
+    return ["### The reference tutorial loop", "",
              f"MLP 512-256 teacher ({reference['teacher']['accuracy']:.2%}), 128-unit student, T 3, alpha 0.5, "
              f"5 epochs, batch 64, {reference['train_samples']:,} training images; distillation phase, median of "
              f"{len(reference['reference']['runs'])}:", "",
@@ -113,13 +122,15 @@ def markdown(result: dict, plots: dict[str, Path], relative_to: Path) -> str:
              f"{reference['reference']['accuracy_mean']:.2%} | {reference['reference']['median_seconds']:.1f} s |",
              f"| distillery (`distillery.distill`, same budget) | {reference['distillery']['accuracy_mean']:.2%} | "
              f"{reference['distillery']['median_seconds']:.1f} s (**{reference['speedup']:.1f}× faster**) |"]
-    return "\n".join(lines)
 
 
 def write_section(result: dict, markdown_path: Path, plot_dir: Path, markers: tuple[str, str]) -> None:
     plot_dir.mkdir(parents=True, exist_ok=True)
-    plots = {"methods": method_bars(result, plot_dir / "methods.png"),
-             "sweep": heat_map(result, plot_dir / "temperature_alpha.png")}
+    plots = {}
+    if result["rows"]:
+        plots["methods"] = method_bars(result, plot_dir / "methods.png")
+    if result["sweep"]:
+        plots["sweep"] = heat_map(result, plot_dir / "temperature_alpha.png")
     section = markdown(result, plots, markdown_path.resolve().parent)
     text = markdown_path.read_text() if markdown_path.is_file() else "# Benchmarks\n"
     start, end = markers

@@ -11,6 +11,7 @@ from distillery.config import DataConfig, build_config
 from distillery.data import ArrayDataset, BatchIterator, select_classes
 from distillery.errors import ConfigError, DataError, ModelError
 from distillery.eval.metrics import predict
+from distillery.losses import soft_target_kl
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model
 from distillery.runs import evaluate_checkpoint, prepare_data, run
@@ -51,6 +52,20 @@ def test_a_shared_class_gets_the_weighted_mean_of_its_teachers_logits():
     # a: only the first (weight 3); b: both, (3 * 2 + 1 * 4) / 4; c: only the second (weight 1).
     result = merged([([1.0, 2.0], ["a", "b"]), ([4.0, 0.0], ["b", "c"])], ["a", "b", "c"], weights=[3, 1])
     assert torch.allclose(result, torch.tensor([1.0, 2.5, 0.0]))
+
+
+def test_labels_gate_the_targets_to_the_teachers_that_know_the_true_class():
+    teachers = [fixed([1.0, 2.0, 0.0]), fixed([5.0, -1.0, 0.5])]
+    merge = LabelSpaceMerge(teachers, [["a", "b", "c"], ["c", "d", "e"]], ["a", "b", "c", "d", "e"])
+    union = merge(torch.zeros(4, 1))
+    gated = merge.gate_by_labels(union, torch.tensor([0, 2, 4, -1]))
+    probabilities = torch.softmax(gated / 2.0, dim=-1)
+    # label a: only the first teacher knows it -> its classes a, b, c keep the union's logits, d and e get nothing.
+    assert torch.allclose(gated[0, :3], union[0, :3]) and probabilities[0, 3:].sum() == 0
+    # label c: both teachers know it -> every class stays; label -1 (unlabelled) -> the plain union.
+    assert torch.equal(gated[1], union[1]) and torch.equal(gated[3], union[3])
+    assert probabilities[2, :2].sum() == 0 and torch.allclose(gated[2, 2:], union[2, 2:])
+    assert torch.isfinite(soft_target_kl(torch.zeros(4, 5), gated, 2.0))   # zero mass must not give 0 * log 0
 
 
 def test_teachers_classes_are_matched_by_name_not_position():

@@ -67,7 +67,7 @@ class DecoupledKD(SingleTeacherMethod):
                 "method 'dkd' needs every sample's label: decoupled KD splits each distribution at the true class; "
                 "use 'hinton' or 'dist' for an unlabeled or partly labelled transfer set"
             )
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
+        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices, labels)
         soft_student, soft_teacher = self.soft_loss_inputs(student_logits, teacher_logits)
         dkd = decoupled_kd(soft_student, soft_teacher, labels, self.temperature,
                            alpha=self.tckd_weight, beta=self.nckd_weight)

@@ -17,6 +17,10 @@ class SingleTeacherMethod(Method):
     the hard-label cross-entropy: the student's raw logits are what it predicts with.
     """
 
+    # Merged teachers of different class sets can restrict their targets to the true class's teachers;
+    # that suits losses on softened probabilities, not matching raw logits (see LogitMatching).
+    gate_targets_by_labels = True
+
     def __init__(self, student: nn.Module, teacher: nn.Module, *, standardize: bool = False) -> None:
         super().__init__(student)
         self.add_teacher("teacher", teacher)
@@ -30,8 +34,8 @@ class SingleTeacherMethod(Method):
         """
         self.precomputed_teacher_logits = logits
 
-    def student_and_teacher_logits(self, inputs: torch.Tensor,
-                                   indices: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def student_and_teacher_logits(self, inputs: torch.Tensor, indices: torch.Tensor | None,
+                                   labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.precomputed_teacher_logits is not None:
             if indices is None:
                 raise ValueError("precomputed teacher logits need the batches' sample indices")
@@ -45,6 +49,8 @@ class SingleTeacherMethod(Method):
                 f"teacher outputs {tuple(teacher_logits.shape[1:])} but student outputs "
                 f"{tuple(student_logits.shape[1:])}; both must predict the same classes"
             )
+        if labels is not None and self.gate_targets_by_labels and hasattr(self.teacher, "gate_by_labels"):
+            teacher_logits = self.teacher.gate_by_labels(teacher_logits, labels)
         return student_logits, teacher_logits
 
     def soft_loss_inputs(self, student_logits: torch.Tensor,
@@ -73,7 +79,7 @@ class TeacherLogitMethod(SingleTeacherMethod):
         raise NotImplementedError
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
+        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices, labels)
         soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits))
         logs = {"kd": soft.detach()}
         if labels is None:
@@ -117,6 +123,8 @@ class LogitMatching(TeacherLogitMethod):
 
         method = LogitMatching(student, teacher, alpha=0.1)
     """
+
+    gate_targets_by_labels = False  # a gated logit is a large negative number, not something to regress
 
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         return logit_mse(student_logits, teacher_logits)

@@ -23,8 +23,9 @@ class LabelSpaceMerge(nn.Module):
     size of its unnormalised evidence exp(logsumexp(z_i)) (the "energy" score of Liu et al. 2020),
     and placing its logits side by side gives S_i exactly that mass. A class several teachers know
     gets the mean of their logits. Independently trained teachers' logit scales are not calibrated
-    to each other, so without labels the split between subsets can be off; labels on the transfer
-    set correct it through the hard-label term. docs/label-merge.md has the derivation.
+    to each other, so without labels the split between subsets can be badly off; with labels the
+    softmax-based methods gate the targets by the true class (:meth:`gate_by_labels`).
+    docs/label-merge.md has the derivation and the measurements.
 
     Example::
 
@@ -54,6 +55,26 @@ class LabelSpaceMerge(nn.Module):
         self.classes = classes
         self.teacher_weights = weights
         self.register_buffer("coverage", coverage, persistent=False)
+        # same_teacher[y, c]: some teacher knows both y and c, so it can say how c compares with y.
+        known = torch.zeros(len(teachers), len(classes), dtype=torch.bool)
+        for index, own in enumerate(own_classes):
+            known[index, getattr(self, f"positions_{index}")] = True
+        self.register_buffer("same_teacher", (known.T.float() @ known.float()) > 0, persistent=False)
+
+    def gate_by_labels(self, merged_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """With a sample's true class y known, keep only the classes of the teachers that know y.
+
+        The split of mass between teachers' class sets is what the logit union guesses worst (a
+        teacher never saw the other sets' images, and may call them its own with large logits); a
+        label settles it. Within the kept classes the targets are the merged ones, so the teachers'
+        knowledge of how similar those classes are survives. Samples labelled -1 (unlabelled) keep
+        the plain union.
+        """
+        labelled = labels >= 0
+        allowed = torch.ones_like(merged_logits, dtype=torch.bool)
+        allowed[labelled] = self.same_teacher.to(merged_logits.device)[labels[labelled]]
+        # A large finite gap rather than -inf: a zero-probability class must not turn 0 · log 0 into NaN.
+        return merged_logits.masked_fill(~allowed, -1e4)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         merged = None
