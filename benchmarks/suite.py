@@ -102,6 +102,12 @@ def student_document(student: dict, distill: dict | None, teacher_dir: Path, epo
     return document
 
 
+def chosen(only: list[str] | None, kind: str, method_name: str) -> bool:
+    if not only:
+        return True
+    return any(kind == want.split(":", 1)[0] and method_name.startswith(want.split(":", 1)[1]) for want in only)
+
+
 def summarise(evaluations: list[dict]) -> dict:
     accuracies = [e["accuracy"] for e in evaluations]
     first = evaluations[0]
@@ -118,7 +124,7 @@ def method_rows(args, teacher_dir: Path, teacher_accuracy: float) -> dict:
     for student_name, student in STUDENTS.items():
         epochs = args.epochs[student["kind"]]
         for method_name, (distill, kinds) in METHODS.items():
-            if student["kind"] not in kinds:
+            if student["kind"] not in kinds or not chosen(args.only, student["kind"], method_name):
                 continue
             evaluations = []
             for seed in args.seeds:
@@ -164,6 +170,8 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="the Markdown file to update (BENCHMARKS.md; "
                                                   "<out>/BENCHMARKS.md with --quick)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (all)")
+    parser.add_argument("--only", nargs="+", metavar="KIND:METHOD",
+                        help="run only these rows, e.g. cnn:attention (a kind, mlp or cnn, and a method name's start)")
     parser.add_argument("--epochs-mlp", type=int, default=40, help="the MLP student's budget, every row alike")
     parser.add_argument("--epochs-cnn", type=int, default=20, help="the tiny CNN's budget, every row alike")
     args = parser.parse_args()
