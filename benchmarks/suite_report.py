@@ -58,12 +58,18 @@ def method_bars(result: dict, path: Path) -> Path:
     return path
 
 
+def _accuracy(row: dict) -> str:
+    if len(row["values"]) == 1:
+        return f"{row['accuracy']:.2%} (1 seed)"
+    return f"{row['accuracy']:.2%} ± {row['std']:.2%}"
+
+
 def _methods_table(result: dict) -> list[str]:
     lines = ["| student | method | test accuracy | gap closed | parameters | size | batch-1 latency | "
              "batch-256 throughput | train wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"].values():
         gap = "–" if row["method"] == "from scratch" or row["gap_closed"] is None else f"{row['gap_closed']:+.0%}"
-        lines.append(f"| {row['student']} | {row['method']} | {row['accuracy']:.2%} ± {row['std']:.2%} | {gap} | "
+        lines.append(f"| {row['student']} | {row['method']} | {_accuracy(row)} | {gap} | "
                      f"{row['parameters']:,} | {row['size_bytes'] / 1024:.0f} KiB | {row['batch1_ms']:.3f} ms | "
                      f"{row['batch256_per_s']:,.0f}/s | {row['wall_time_s']:.0f} s |")
     return lines
