@@ -17,6 +17,7 @@ from distillery.runs import run
 from distillery.teacher_outputs import plan_transfer
 from distillery.teachers.cache import (CacheFiles, LogitTable, cached_teacher_logits, compress_top_k, expand_top_k,
                                        fingerprint, open_cache, write_cache)
+from distillery.teachers.label_space import LabelSpaceMerge
 from distillery.teachers.precomputed import precompute_logits
 
 
@@ -39,6 +40,15 @@ def test_fingerprint_changes_with_data_weights_and_preprocessing_only():
     assert fingerprint(data.inputs, model, {"mean": [0.4]})["preprocessing"] != base["preprocessing"]
     changed = fingerprint(data.inputs, teacher(seed=1), {"mean": [0.5]})
     assert changed["data"] == base["data"] and changed["preprocessing"] == base["preprocessing"]
+
+
+def test_fingerprint_tells_merged_teachers_apart_by_their_class_layout_and_reads_any_dtype():
+    inputs = torch.rand(4, 1)
+    members = [nn.Linear(1, 2), nn.Linear(1, 2)]
+    merge = LabelSpaceMerge(members, [["a", "b"], ["c", "d"]], ["a", "b", "c", "d"])
+    reordered = LabelSpaceMerge(members, [["a", "b"], ["c", "d"]], ["c", "d", "a", "b"])
+    assert fingerprint(inputs, merge, None)["teacher"] != fingerprint(inputs, reordered, None)["teacher"]
+    assert fingerprint(inputs, teacher().to(torch.bfloat16), None)["teacher"] != fingerprint(inputs, teacher(), None)["teacher"]
 
 
 def test_cache_round_trip_is_float16_memory_mapped_and_indexed_by_sample(tmp_path):

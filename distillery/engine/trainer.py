@@ -123,7 +123,7 @@ class Trainer:
             labels = labels.to(self.device, non_blocking=True) if labels is not None else None
             with autocast(self.device, self.precision):
                 output = self.method.step(inputs, labels, indices)
-            check_finite(output, epoch, step)
+            check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
             self.optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             if self.grad_clip is not None:

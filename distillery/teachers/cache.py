@@ -46,8 +46,8 @@ def _digest(*chunks: bytes) -> str:
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    # Hash float values by their bytes in a fixed dtype, so the same numbers always hash alike.
-    return tensor.detach().cpu().contiguous().view(-1).numpy().tobytes()
+    # Raw bytes, read as uint8: works for every dtype (numpy has no bfloat16) and tells dtypes apart by size.
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 def fingerprint(inputs: torch.Tensor, teacher: nn.Module, preprocessing: dict[str, Any] | None,

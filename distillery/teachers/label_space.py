@@ -61,6 +61,10 @@ class LabelSpaceMerge(nn.Module):
             known[index, getattr(self, f"positions_{index}")] = True
         self.register_buffer("same_teacher", (known.T.float() @ known.float()) > 0, persistent=False)
 
+    def extra_repr(self) -> str:
+        # Part of the teacher-output cache's fingerprint: positions and weights live outside the state_dict.
+        return f"classes={self.classes}, weights={list(self.teacher_weights)}"
+
     def gate_by_labels(self, merged_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """With a sample's true class y known, keep only the classes of the teachers that know y.
 
