@@ -4,8 +4,10 @@ The reference is the classic tutorial recipe, in plain PyTorch: a per-sample Dat
 into a tensor and normalised in ``__getitem__``) behind a DataLoader with batch 64, an MLP teacher
 512-256 trained for 5 epochs, then a 128-unit student trained for 5 epochs with the teacher run on
 every batch, T=3, alpha=0.5 (KL at T times T², plus cross-entropy at T=1). distillery then distils the
-same student from the same teacher on the same data, budget and batch size. Both report the student's
-test accuracy and the wall time of the distillation phase (median of --repeats runs, side by side).
+same student from the same teacher on the same data, budget and batch size; given the data as an
+ArrayDataset, it runs the teacher once over the training set and reads its logits by sample index, and
+that teacher pass is inside its timed phase. Both report the student's test accuracy and the wall time
+of the distillation phase (median of --repeats runs, side by side).
 
     python benchmarks/reference_loop.py [--repeats 3] [--train-limit N] [--out bench-out/reference.json]
 """

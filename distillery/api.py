@@ -30,6 +30,7 @@ from distillery.eval.metrics import (
 )
 from distillery.methods import Method, create_method
 from distillery.models import count_parameters, size_on_disk_bytes
+from distillery.teachers.precomputed import precompute_logits
 
 
 @dataclass
@@ -123,13 +124,17 @@ def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoo
 def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: Any = None, *,
             method: str = "hinton", temperature: float | None = None, alpha: float | None = None,
             label_smoothing: float = 0.0, method_options: dict[str, Any] | None = None, seed: int = 0,
-            **options: Any) -> Result:
+            teacher_once: bool = True, **options: Any) -> Result:
     """Distil ``teacher`` into ``student``: the teacher is frozen and kept in eval mode, only the student trains.
 
     ``method``: "hinton" (soft targets at ``temperature``, KL·T², plus ``alpha`` · hard-label CE at T=1;
     defaults T=4, alpha=0.5), "logit_mse" (alpha · CE + (1 − alpha) · MSE between logits), "dkd" or
     "dist". Further method keywords (``standardize``, ``nckd_weight``, ...) go in ``method_options``;
     None means the method's default. Training options as for :func:`train`.
+
+    When ``train_data`` is an ArrayDataset (fixed inputs, known sample indices) the teacher runs once over
+    it before training and its logits are looked up by index every epoch (``teacher_once=False`` runs it
+    live on every batch instead). Other data, such as a DataLoader, always meets the live teacher.
 
     Example::
 
@@ -139,6 +144,10 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
     torch.manual_seed(seed)
     built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
                           label_smoothing=label_smoothing, **(method_options or {}))
+    if teacher_once and isinstance(train_data, ArrayDataset) and hasattr(built, "use_precomputed_teacher_logits"):
+        teacher.to(resolve_device(options.get("device", "auto")))
+        built.use_precomputed_teacher_logits(
+            precompute_logits(teacher, BatchIterator(train_data, 512), len(train_data)))
     return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
 
 

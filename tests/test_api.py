@@ -75,3 +75,30 @@ def test_unsized_data_needs_a_constant_schedule():
         distillery.train(student, Unsized(), epochs=1, progress=False)
     result = distillery.train(student, Unsized(), epochs=2, schedule="constant", progress=False)
     assert len(result.history) == 2
+
+
+class CountingTeacher(nn.Module):
+    """Counts the samples it is shown, so a test can tell a teacher run once from one run every batch."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.samples_seen = net, 0
+
+    def forward(self, inputs):
+        self.samples_seen += inputs.shape[0]
+        return self.net(inputs.flatten(1))
+
+
+def test_array_dataset_meets_the_teacher_once_and_trains_the_same_student():
+    train, _ = distillery.load_dataset("digits")
+    students = {}
+    for once in (True, False):
+        net, student = teacher_and_student()
+        teacher = CountingTeacher(net)
+        student = nn.Sequential(nn.Flatten(), student)
+        distillery.distill(teacher, student, train, epochs=3, batch_size=64, progress=False, teacher_once=once)
+        expected = len(train) if once else 3 * len(train)
+        assert teacher.samples_seen == expected
+        students[once] = torch.cat([p.detach().flatten() for p in student.parameters()])
+    # The teacher's logits come from batches of another size, so only rounding may differ.
+    torch.testing.assert_close(students[True], students[False], rtol=1e-4, atol=1e-5)
