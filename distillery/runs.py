@@ -329,8 +329,6 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
         raise ConfigError("a teacher cache needs a distill: section that names a teacher")
     if distill.teacher_cache == "off":
         raise ConfigError("distill.teacher_cache is off; set it to auto or a file path to build a cache")
-    if not (method_uses_teacher_logits(distill.method) or method_uses_teacher_features(distill.method)):
-        raise ConfigError(f"method {distill.method!r} reads no teacher outputs from a cache; there is nothing to cache")
     if config.data.augment.enabled and not distill.teacher_views:
         raise ConfigError("data.augment draws new images every epoch, so the teacher runs live; set "
                           "distill.teacher_views: K to cache K fixed augmented views")

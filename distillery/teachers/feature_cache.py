@@ -105,7 +105,7 @@ def cached_teacher_outputs(teacher: nn.Module, inputs: torch.Tensor, batches: It
     directory = cache_dir or default_cache_dir()
     logit_files = CacheFiles(stem if stem is not None else directory / cache_key(parts))
     files = {layer: layer_files(stem, directory, parts, layer) for layer in layers}
-    where = f"{logit_files.stem.parent} (features: {megabytes:.1f} MB)"
+    where = f"{logit_files.stem.parent} (features: {megabytes:.3g} MB)"
     # Existing entries are opened first, so a stale one is refused before the teacher's pass, not after.
     logit_table = open_cache(logit_files, parts) if logit_files.exists() and not rebuild else None
     tables = {layer: open_feature_cache(entry, parts, layer) for layer, entry in files.items()
