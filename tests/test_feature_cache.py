@@ -246,3 +246,11 @@ def test_cache_command_builds_the_features_a_config_needs_and_refuses_beyond_the
     document["distill"]["feature_cache_mb"] = 0.1
     assert_user_error(invoke("cache", write_yaml(tmp_path / "small.yaml", document)),
                       "teacher runs live every batch", "features.1", "distill.feature_cache_mb (0.1)")
+
+
+def test_a_bare_off_in_yaml_turns_the_cache_off(tmp_path):
+    from distillery.config import load_config
+
+    path = write_yaml(tmp_path / "run.yaml", "output_dir: out\ndistill:\n  teacher: t\n  teacher_cache: off\n")
+    assert load_config(path).distill.teacher_cache == "off"                 # YAML 1.1 alone would read false
+    assert load_config(path, ["distill.teacher_cache=off"]).distill.teacher_cache == "off"
