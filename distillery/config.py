@@ -98,6 +98,9 @@ class DistillConfig(Strict):
     teacher_views: Optional[int] = Field(
         None, ge=1, description="with data.augment: cache the teacher on this many seeded augmented views, "
                                 "cycled through by epoch, instead of running it live")
+    feature_cache_mb: float = Field(
+        1024.0, ge=0.0, description="fitnet, attention: the most megabytes the teacher's cached features may take; "
+                                    "beyond it the teacher runs live every batch")
     hint_teacher: Optional[int] = Field(
         None, ge=0, description="fitnet, attention: which teacher of the list gives the features (0); "
                                 "teacher layer paths are inside that teacher")
@@ -111,6 +114,12 @@ class DistillConfig(Strict):
         None, description="mutual: model specs (like model:) of the peers trained from scratch beside the student")
     teacher_model: Optional[dict[str, Any]] = Field(
         None, description="online: model spec (like model:) of a teacher trained from scratch beside the student")
+
+    @field_validator("teacher_cache", mode="before")
+    @classmethod
+    def _off_is_text(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false; `teacher_cache: off` means the setting off.
+        return "off" if value is False else value
 
     @field_validator("peers")
     @classmethod

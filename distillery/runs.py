@@ -24,7 +24,8 @@ from distillery.data import (
 )
 from distillery.engine import RunDirectory, peer_record
 from distillery.errors import ConfigError, DataError, ModelError
-from distillery.methods import create_method, method_accepts, method_default, method_uses_teacher_logits
+from distillery.methods import (create_method, method_accepts, method_default, method_uses_teacher_features,
+                               method_uses_teacher_logits)
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
 from distillery.teachers import load_teacher
@@ -148,8 +149,7 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     method = _method_for(config, model, teacher, data.test.input_shape, data.test.num_classes)
     peer_architectures = _peer_architectures(config, method)
     plan = _transfer_plan(config, data, teacher)
-    if plan.teacher_logits is not None:
-        method.use_precomputed_teacher_logits(plan.teacher_logits)
+    plan.apply_to(method)
     run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
     if plan.note and config.progress:
         print(plan.note, file=sys.stderr)
@@ -182,16 +182,30 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
 def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | None,
                    rebuild: bool = False) -> TransferPlan:
     distill = config.distill
-    uses_table = distill is not None and method_uses_teacher_logits(distill.method)
+    uses_features = distill is not None and method_uses_teacher_features(distill.method)
+    uses_table = distill is not None and (method_uses_teacher_logits(distill.method) or uses_features)
     if distill is not None and distill.teacher_views and not uses_table:
-        raise ConfigError(f"teacher_views caches the teacher's logits, which method {distill.method!r} does not use "
-                          "(it runs the live teacher for features); remove teacher_views")
+        raise ConfigError(f"teacher_views caches the teacher's outputs, which method {distill.method!r} does not "
+                          "read from a cache; remove teacher_views")
     return plan_transfer(data.train, teacher, augmentation=data.augmentation, transform=data.normalizer,
                          batch_size=config.train.batch_size, seed=config.seed,
                          label_options=_label_options(config.transfer, len(data.train)), teacher_table=uses_table,
                          cache=distill.teacher_cache if distill else "off",
                          views=distill.teacher_views if distill else None,
-                         preprocessing=data.normalizer.to_dict() if data.normalizer else None, rebuild=rebuild)
+                         preprocessing=data.normalizer.to_dict() if data.normalizer else None, rebuild=rebuild,
+                         teacher_layers=_teacher_feature_paths(config, teacher) if uses_features else (),
+                         feature_budget_mb=distill.feature_cache_mb if distill else 0.0)
+
+
+def _teacher_feature_paths(config: RunConfig, teacher: nn.Module | None) -> list[str]:
+    """The teacher module paths a feature method reads, inside the hint teacher of an ensemble."""
+    options = {key: getattr(config.distill, key) for key in FEATURE_PATHS if getattr(config.distill, key) is not None}
+    if not options:
+        raise ConfigError(f"method {config.distill.method!r} needs the teacher's feature layers; set "
+                          "distill.teacher_layer (fitnet) or distill.teacher_layers (attention), e.g. features.1")
+    _paths_in_hint_teacher(config, options, teacher)
+    paths = options.get("teacher_layers") or [options["teacher_layer"]]
+    return list(dict.fromkeys(paths))  # a layer paired with two student layers is cached once
 
 
 def _label_options(transfer: TransferConfig | None, size: int) -> dict[str, Any]:
@@ -211,7 +225,7 @@ def _teacher_for(config: RunConfig, teachers: list[LoadedTeacher], classes: list
 
 
 TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method",
-                    "hint_teacher", "teacher_cache", "teacher_views"}
+                    "hint_teacher", "teacher_cache", "teacher_views", "feature_cache_mb"}
 FEATURE_PATHS = ("teacher_layer", "teacher_layers")
 
 
@@ -315,13 +329,14 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
         raise ConfigError("a teacher cache needs a distill: section that names a teacher")
     if distill.teacher_cache == "off":
         raise ConfigError("distill.teacher_cache is off; set it to auto or a file path to build a cache")
-    if not method_uses_teacher_logits(distill.method):
-        raise ConfigError(f"method {distill.method!r} runs the live teacher for its features; there is nothing to cache")
     if config.data.augment.enabled and not distill.teacher_views:
         raise ConfigError("data.augment draws new images every epoch, so the teacher runs live; set "
                           "distill.teacher_views: K to cache K fixed augmented views")
     _, data, teacher = teachers_and_data(config)
-    return _transfer_plan(config, data, teacher, rebuild=rebuild).note
+    plan = _transfer_plan(config, data, teacher, rebuild=rebuild)
+    if method_uses_teacher_features(distill.method) and plan.teacher_features is None:
+        raise ConfigError(f"{plan.note} (e.g. --set distill.feature_cache_mb=N)")
+    return plan.note
 
 
 def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str | None = None,

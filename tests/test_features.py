@@ -87,7 +87,7 @@ def test_fitnet_adapter_trains_but_stays_out_of_the_student_checkpoint():
     assert (method.adapter.in_channels, method.adapter.out_channels) == (8, 16)
     assert torch.equal(batch_norm.running_mean, running_mean) and torch.equal(batch_norm.num_batches_tracked, batches)
     assert student.training and all(module.training for module in student.modules())  # modes restored
-    assert not hasattr(method, "use_precomputed_teacher_logits")  # needs the live teacher's features
+    assert method.precomputed_teacher_features is None  # the live teacher, unless given cached outputs
     trainable = {id(p) for p in method.trainable_parameters()}
     assert {id(p) for p in method.adapter.parameters()} <= trainable
     assert trainable == {id(p) for p in student.parameters()} | {id(p) for p in method.adapter.parameters()}
@@ -129,7 +129,7 @@ def test_attention_transfer_validates_layers():
         AttentionTransfer(student, teacher, student_layers=["head"], teacher_layers=["features.1"], input_shape=SHAPE)
     method = AttentionTransfer(student, teacher, student_layers=["features.0"], teacher_layers=["features.1"],
                                input_shape=SHAPE)
-    assert not hasattr(method, "use_precomputed_teacher_logits")
+    assert method.precomputed_teacher_features is None
     assert {id(p) for p in method.trainable_parameters()} == {id(p) for p in student.parameters()}
 
 

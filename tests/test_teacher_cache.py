@@ -183,7 +183,7 @@ def test_cache_command_builds_and_a_stale_cache_stops_the_run_untouched(tmp_path
 
 @pytest.mark.parametrize("distill, data, fragment", [
     ({"teacher_cache": "off"}, None, "teacher_cache is off"),
-    ({"method": "fitnet", "student_layer": "features.0", "teacher_layer": "features.0"}, None, "nothing to cache"),
+    ({"method": "fitnet", "student_layer": "features.0"}, None, "set distill.teacher_layer (fitnet)"),
     ({}, {"dataset": "digits", "augment": {"shift": 1}}, "set distill.teacher_views"),
     ({"teacher_views": 2}, None, "data.augment is off"),
 ])

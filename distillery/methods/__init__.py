@@ -2,7 +2,8 @@
 from distillery.methods.base import METHODS, Method, StepOutput
 from distillery.methods.deep_supervision import DeepSupervision
 from distillery.methods.features import AttentionTransfer, FeatureHints
-from distillery.methods.factory import create_method, method_accepts, method_default, method_uses_teacher_logits
+from distillery.methods.factory import (create_method, method_accepts, method_default, method_uses_teacher_features,
+                                        method_uses_teacher_logits)
 from distillery.methods.modern import DIST, DecoupledKD
 from distillery.methods.online import MutualLearning, OnlineDistillation
 from distillery.methods.soft_targets import HintonDistillation, LogitMatching
@@ -25,5 +26,6 @@ __all__ = [
     "create_method",
     "method_accepts",
     "method_default",
+    "method_uses_teacher_features",
     "method_uses_teacher_logits",
 ]

@@ -49,3 +49,8 @@ def method_accepts(name: str, option: str) -> bool:
 def method_uses_teacher_logits(name: str) -> bool:
     """Whether the method can read the teacher's logits from a table instead of running the teacher."""
     return hasattr(METHODS.get(name), "use_precomputed_teacher_logits")
+
+
+def method_uses_teacher_features(name: str) -> bool:
+    """Whether the method reads teacher features, and can read them (with the logits) from tables by sample index."""
+    return hasattr(METHODS.get(name), "use_precomputed_teacher_outputs")

@@ -1,7 +1,7 @@
 """Feature distillation: FitNets hints and attention transfer, on features read by forward hooks."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,9 @@ class FeatureMethod(Method):
     """alpha · CE + feature_weight · Σ feature_loss(student layer, teacher layer) [+ kd_weight · KD].
 
     Subclasses set ``feature_log`` and implement :meth:`feature_loss`. Features are captured
-    with forward hooks only during :meth:`step`; the models are never modified.
+    with forward hooks only during :meth:`step`; the models are never modified. The teacher's
+    outputs may come from a cache instead (:meth:`use_precomputed_teacher_outputs`): then the
+    teacher is not run at all.
     """
 
     uses_feature_hooks = True  # train.compile refuses such a method (see compile_student)
@@ -51,18 +53,49 @@ class FeatureMethod(Method):
         self.kd_weight = _non_negative("kd_weight", kd_weight)
         self.label_smoothing = label_smoothing
         self.temperature = temperature
+        self.precomputed_teacher_logits: Any = None
+        self.precomputed_teacher_features: list[Any] | None = None
+
+    def use_precomputed_teacher_outputs(self, logits: Any, features: Mapping[str, Any]) -> None:
+        """Look the teacher's logits and its features up by sample index instead of running it.
+
+        ``features`` maps each of ``teacher_layers`` to anything indexable by a tensor of indices (a tensor,
+        a cache's FeatureTable); ``logits`` likewise, read only when ``kd_weight`` > 0.
+
+        Example::
+
+            method.use_precomputed_teacher_outputs(outputs.logits, outputs.features)
+        """
+        missing = [path for path in self.teacher_layers if path not in features]
+        if missing:
+            raise ValueError(f"no precomputed teacher features for {missing}")  # a bug: the plan names the layers
+        self.precomputed_teacher_logits = logits
+        self.precomputed_teacher_features = [features[path] for path in self.teacher_layers]
+
+    def teacher_outputs(self, inputs: torch.Tensor,
+                        indices: torch.Tensor | None) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+        """The teacher's logits (None when cached and unused) and its features at ``teacher_layers``."""
+        if self.precomputed_teacher_features is None:
+            hooks = {str(i): module for i, module in enumerate(self._teacher_modules)}
+            with torch.no_grad(), capture_features(hooks) as captured:
+                logits = self.teacher(inputs)
+            return logits, [captured[str(i)] for i in range(len(hooks))]
+        if indices is None:
+            raise ValueError("precomputed teacher outputs need the batches' sample indices")
+        features = [table[indices].to(inputs.device, torch.float32) for table in self.precomputed_teacher_features]
+        if self.kd_weight == 0:
+            return None, features
+        return self.precomputed_teacher_logits[indices].to(inputs.device, torch.float32), features
 
     def feature_loss(self, index: int, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        teacher_hooks = {str(i): module for i, module in enumerate(self._teacher_modules)}
+        teacher_logits, teacher_features = self.teacher_outputs(inputs, indices)
         student_hooks = {str(i): module for i, module in enumerate(self._student_modules)}
-        with torch.no_grad(), capture_features(teacher_hooks) as teacher_features:
-            teacher_logits = self.teacher(inputs)
         with capture_features(student_hooks) as student_features:
             student_logits = self.student(inputs)
-        feature = sum(self.feature_loss(i, student_features[str(i)], teacher_features[str(i)])
+        feature = sum(self.feature_loss(i, student_features[str(i)], teacher_features[i])
                       for i in range(len(self.student_layers)))
         loss = self.feature_weight * feature
         logs = {self.feature_log: feature.detach()}

@@ -90,7 +90,8 @@ class CacheFiles:
 
 
 def _stale_parts(recorded: dict[str, str], expected: dict[str, str]) -> list[str]:
-    names = {"data": "transfer data", "teacher": "teacher weights", "preprocessing": "preprocessing"}
+    names = {"data": "transfer data", "teacher": "teacher weights", "preprocessing": "preprocessing",
+             "layer": "teacher layer"}
     return [names.get(part, part) for part in expected if recorded.get(part) != expected[part]]
 
 
@@ -111,8 +112,9 @@ class LogitTable:
         return expand_top_k(rows, self.classes, self.top_k) if self.top_k else rows
 
 
-def open_cache(files: CacheFiles, expected: dict[str, str]) -> LogitTable:
-    """The cached table if its fingerprint is ``expected``; otherwise a CheckpointError saying what changed."""
+def read_cache(files: CacheFiles, expected: dict[str, str]) -> tuple[dict[str, Any], np.ndarray]:
+    """A cache's manifest and memory-mapped array if its fingerprint is ``expected``; otherwise a
+    CheckpointError saying what changed."""
     try:
         manifest = json.loads(files.manifest.read_text())
         array = np.load(files.array, mmap_mode="r")
@@ -127,7 +129,26 @@ def open_cache(files: CacheFiles, expected: dict[str, str]) -> LogitTable:
     if list(array.shape) != manifest.get("shape"):
         raise CheckpointError(f"teacher cache {files.array} has shape {list(array.shape)} but its manifest says "
                               f"{manifest.get('shape')}; delete it and run again")
+    return manifest, array
+
+
+def open_cache(files: CacheFiles, expected: dict[str, str]) -> LogitTable:
+    """The cached logit table if its fingerprint is ``expected`` (see :func:`read_cache`)."""
+    manifest, array = read_cache(files, expected)
     return LogitTable(array, manifest["classes"], manifest.get("top_k"))
+
+
+def save_cache(files: CacheFiles, array: np.ndarray, manifest: dict[str, Any]) -> None:
+    """Store ``array`` and its manifest (format, shape and dtype added), array first, manifest last."""
+    files.stem.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            np.save(handle, array)
+
+    atomic_write(files.array, save)
+    manifest = {"format": FORMAT, "version": 1, **manifest, "shape": list(array.shape), "dtype": str(array.dtype)}
+    atomic_write_text(files.manifest, json.dumps(manifest, indent=2))
 
 
 def write_cache(files: CacheFiles, logits: torch.Tensor, parts: dict[str, str]) -> None:
@@ -136,16 +157,7 @@ def write_cache(files: CacheFiles, logits: torch.Tensor, parts: dict[str, str]) 
     top_k = TOP_K if classes > TOP_K_ABOVE_CLASSES else None
     # float32 for top-k tables: they hold class indices too, which float16 keeps exact only up to 2048.
     array = compress_top_k(logits, top_k).numpy() if top_k else logits.to(torch.float16).numpy()
-    files.stem.parent.mkdir(parents=True, exist_ok=True)
-
-    def save(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            np.save(handle, array)
-
-    atomic_write(files.array, save)
-    manifest = {"format": FORMAT, "version": 1, "fingerprint": parts, "shape": list(array.shape),
-                "classes": classes, "top_k": top_k, "dtype": str(array.dtype)}
-    atomic_write_text(files.manifest, json.dumps(manifest, indent=2))
+    save_cache(files, array, {"fingerprint": parts, "classes": classes, "top_k": top_k})
 
 
 def compress_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:

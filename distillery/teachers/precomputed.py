@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from distillery.eval.metrics import eval_mode
+from distillery.methods.hooks import capture_features
 
 
-@torch.no_grad()
 def precompute_logits(teacher: nn.Module, batches: Iterable, size: int) -> torch.Tensor:
     """The teacher's logits for every sample, placed by sample index: a [size, classes] CPU tensor.
 
@@ -22,14 +22,37 @@ def precompute_logits(teacher: nn.Module, batches: Iterable, size: int) -> torch
 
         logits = precompute_logits(teacher, BatchIterator(train, 512, transform=normalizer), len(train))
     """
+    return precompute_outputs(teacher, batches, size, {})[0]
+
+
+@torch.no_grad()
+def precompute_outputs(teacher: nn.Module, batches: Iterable, size: int,
+                       layers: dict[str, nn.Module]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The teacher's logits (float32) and the outputs of ``layers`` (float16), by sample index, in one pass.
+
+    Features are kept in float16 from the start: they are what a feature cache stores, and a float32
+    copy of a large layer would double the memory the pass needs. A value beyond float16's range
+    becomes infinite, which the caller checks.
+
+    Example::
+
+        logits, features = precompute_outputs(teacher, batches, len(train), {"features.1": teacher.features[1]})
+    """
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
-    table: torch.Tensor | None = None
+    logit_table: torch.Tensor | None = None
+    feature_tables: dict[str, torch.Tensor] = {}
     with eval_mode(teacher):
         for inputs, _, indices in batches:
-            logits = teacher(inputs.to(device)).float().cpu()
-            if table is None:
-                table = torch.full((size, logits.shape[1]), float("nan"))
-            table[indices] = logits
-    if table is None or torch.isnan(table).any():
+            with capture_features(layers) as features:
+                logits = teacher(inputs.to(device)).float().cpu()
+            if logit_table is None:
+                logit_table = torch.full((size, logits.shape[1]), float("nan"))
+            logit_table[indices] = logits
+            for name, value in features.items():
+                if name not in feature_tables:
+                    feature_tables[name] = torch.empty((size, *value.shape[1:]), dtype=torch.float16)
+                feature_tables[name][indices] = value.to("cpu", torch.float16)
+    # Logits and features are written batch by batch together, so full logits mean full features.
+    if logit_table is None or torch.isnan(logit_table).any():
         raise ValueError("the batches did not cover every sample index once")  # a bug, not a user error
-    return table
+    return logit_table, feature_tables
