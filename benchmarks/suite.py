@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from distillery.config import build_config, load_config
+from distillery.config import build_config, dump_config, load_config
 from suite_report import write_section
 from distillery.runs import evaluate_checkpoint, run
 
@@ -72,9 +72,11 @@ def quick_overrides(quick: bool) -> list[str]:
 
 
 def finished_run(document: dict, run_dir: Path, overrides: list[str]) -> dict:
-    """Run once (reused when finished), then its evaluation with wall time and epoch times."""
-    if not (run_dir / "model.json").is_file():
-        config = build_config({**document, "output_dir": str(run_dir), "progress": False}, overrides)
+    """Run once (reused when finished with the very same config), then its evaluation with wall time and epoch times."""
+    config = build_config({**document, "output_dir": str(run_dir), "progress": False}, overrides)
+    stored = run_dir / "config.yaml"
+    same = stored.is_file() and stored.read_text() == dump_config(config)
+    if not (same and (run_dir / "model.json").is_file()):
         started = time.perf_counter()
         run(config, overwrite=True)
         (run_dir / "wall_time_s").write_text(f"{time.perf_counter() - started:.1f}")
