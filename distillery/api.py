@@ -18,6 +18,7 @@ from torch import nn
 
 from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine import Trainer, build_optimizer, build_scheduler, compile_student, peer_record, resolve_device
+from distillery.engine.distributed import setup_distributed
 from distillery.errors import ConfigError, DataError
 from distillery.eval.latency import measure_latency
 from distillery.eval.metrics import (
@@ -69,18 +70,21 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
 
     ``precision="bf16"`` runs each step under bfloat16 autocast; ``compile=True`` compiles the student
     with torch.compile. Neither changes what is saved. ``grad_clip`` caps the gradients' global norm.
+    Under torchrun it trains data-parallel: ``batch_size`` (or the given loader's) is the global batch.
     """
-    train_batches = as_batches(train_data, batch_size, shuffle=True, seed=seed)
-    val_batches = as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed) if val_data is not None else None
+    context = setup_distributed(device)
+    train_batches = context.shard(as_batches(train_data, batch_size, shuffle=True, seed=seed), training=True)
+    val_batches = (context.shard(as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed), training=False)
+                   if val_data is not None else None)
     steps_per_epoch = _steps_per_epoch(train_batches, schedule)
-    target = resolve_device(device)
+    target = context.place(resolve_device(device))
     method.to(target)
     if compile:
         compile_student(method)
     opt = build_optimizer(method.trainable_parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
     scheduler = build_scheduler(opt, schedule, total_steps=epochs * steps_per_epoch)
-    trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress, description=description,
-                      precision=precision, grad_clip=grad_clip)
+    trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress and context.is_main,
+                      description=description, precision=precision, grad_clip=grad_clip, distributed=context)
     fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
     method.student.load_state_dict(fitted.best_state)
     peers = {}

@@ -11,6 +11,7 @@ import typer
 from distillery.compress import DEFAULT_TOLERANCE, compress_report, export_model, quantize_model
 from distillery.config import load_config
 from distillery.demo import demo as run_demo
+from distillery.engine.distributed import is_main_process
 from distillery.errors import ConfigError, DistilleryError
 from distillery.eval.report import write_report
 from distillery.runs import build_teacher_cache, evaluate_checkpoint, run
@@ -47,6 +48,8 @@ def _run_config(config_path: Path, overrides: list[str], overwrite: bool, quiet:
     if not distilling and resolved.distill is not None:
         raise ConfigError(f"{config_path} has a distill: section; run `distillery distill {config_path}` instead")
     run_dir = run(resolved, overwrite=overwrite)
+    if not is_main_process():
+        return  # under torchrun rank 0 reports for all
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     typer.echo(f"{run_dir}: test accuracy {evaluation['accuracy']:.2%}, {evaluation['parameters']:,} parameters")
     for name, peer in evaluation.get("peers", {}).items():

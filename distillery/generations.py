@@ -15,6 +15,7 @@ from distillery.api import Result, evaluate
 from distillery.config import RunConfig, dump_config
 from distillery.data import BatchIterator
 from distillery.engine import RunDirectory
+from distillery.engine.distributed import setup_distributed
 from distillery.models import build_model
 from distillery.runs import TEACHER_SETTINGS, PreparedData, _metadata, teachers_and_data
 from distillery.self_distillation import BornAgainResult, born_again, build_distiller
@@ -32,6 +33,8 @@ def run_born_again(config: RunConfig, *, overwrite: bool = False) -> Path:
     """
     distill = config.distill
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
+    context = setup_distributed(config.device)  # under torchrun only rank 0 writes
+    context.check_global_batch(config.train.batch_size)
     teachers, data, teacher = teachers_and_data(config)
 
     def model_factory() -> nn.Module:
@@ -42,18 +45,22 @@ def run_born_again(config: RunConfig, *, overwrite: bool = False) -> Path:
     # Checked before the directory is touched, as run() checks its method.
     build_distiller(distill.method, model_factory(), teacher if teacher is not None else model_factory(),
                     {**options, "label_smoothing": label_smoothing})
-    run_dir.start(dump_config(config))
-    shutil.rmtree(run_dir.path / "generations", ignore_errors=True)  # a replaced run's generations go with it
+    if context.is_main:
+        run_dir.start(dump_config(config))
+        shutil.rmtree(run_dir.path / "generations", ignore_errors=True)  # a replaced run's generations go with it
     writer = GenerationWriter(config, run_dir, data, _metadata(config, data, model_factory()))
     train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
                                   augmentation=data.augmentation, transform=data.normalizer)
     result = born_again(model_factory, train_batches, BatchIterator(data.val, 512) if data.val is not None else None,
                         generations=distill.generations, teacher=teacher, method=distill.method,
                         method_options=options, label_smoothing=label_smoothing, seed=config.seed,
-                        device=config.device, progress=config.progress, on_epoch_end=writer.after_epoch,
-                        on_generation_end=writer.after_generation,
+                        device=config.device, progress=config.progress,
+                        on_epoch_end=writer.after_epoch if context.is_main else None,
+                        on_generation_end=writer.after_generation if context.is_main else None,
                         **config.train.model_dump(include=TRAIN_OPTIONS))
-    writer.finish(result)
+    if context.is_main:
+        writer.finish(result)
+    context.barrier()  # every process returns once the run directory is complete
     return run_dir.path
 
 

@@ -23,6 +23,7 @@ from distillery.data import (
     train_val_split,
 )
 from distillery.engine import RunDirectory, peer_record
+from distillery.engine.distributed import setup_distributed
 from distillery.errors import ConfigError, DataError, ModelError
 from distillery.methods import (create_method, method_accepts, method_default, method_uses_teacher_features,
                                method_uses_teacher_logits)
@@ -137,6 +138,8 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
 
         return run_born_again(config, overwrite=overwrite)
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
+    context = setup_distributed(config.device)  # under torchrun: one process of many, only rank 0 writes
+    context.check_global_batch(config.train.batch_size)
     teachers, data, teacher = teachers_and_data(config)
     torch.manual_seed(config.seed)
     # The evaluation data's classes, not the transfer set's: a student distilled without some class still predicts it.
@@ -148,12 +151,14 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
             metadata["initialized_from_teacher"] = report.summary()
     method = _method_for(config, model, teacher, data.test.input_shape, data.test.num_classes)
     peer_architectures = _peer_architectures(config, method)
-    plan = _transfer_plan(config, data, teacher)
+    plan = context.main_first(lambda: _transfer_plan(config, data, teacher))  # rank 0 writes the cache first
     plan.apply_to(method)
-    run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
-    if plan.note and config.progress:
+    if context.is_main:
+        run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
+    talk = config.progress and context.is_main
+    if plan.note and talk:
         print(plan.note, file=sys.stderr)
-    if "initialized_from_teacher" in metadata and config.progress:
+    if "initialized_from_teacher" in metadata and talk:
         print(f"student initialised: {metadata['initialized_from_teacher']}", file=sys.stderr)
 
     def after_epoch(record: dict[str, Any], trainer) -> None:
@@ -168,14 +173,16 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
                         optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
                         schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
                         precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
-                        on_epoch_end=after_epoch, description=metadata["role"])
-    evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
-                          latency=config.measure_latency)
-    if result.peers:
-        evaluation["peers"] = _save_peers(run_dir, result, metadata, peer_architectures, data.test,
-                                          config.measure_latency)
-    run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
-    run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
+                        on_epoch_end=after_epoch if context.is_main else None, description=metadata["role"])
+    if context.is_main:
+        evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
+                              latency=config.measure_latency)
+        if result.peers:
+            evaluation["peers"] = _save_peers(run_dir, result, metadata, peer_architectures, data.test,
+                                              config.measure_latency)
+        run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
+        run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
+    context.barrier()  # every process returns once the run directory is complete
     return run_dir.path
 
 

@@ -1,11 +1,13 @@
-"""The training loop, optimisers and schedules, checkpoints and devices."""
+"""The training loop, optimisers and schedules, checkpoints, devices and processes."""
 from distillery.engine.checkpoint import load_checkpoint_files, save_checkpoint
 from distillery.engine.device import autocast, compile_student, resolve_device
+from distillery.engine.distributed import DistributedContext, is_main_process, setup_distributed
 from distillery.engine.optim import build_optimizer, build_scheduler
 from distillery.engine.run_dir import RunDirectory
 from distillery.engine.trainer import FitResult, PeerBest, Trainer, peer_record
 
 __all__ = [
+    "DistributedContext",
     "FitResult",
     "PeerBest",
     "RunDirectory",
@@ -14,8 +16,10 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "compile_student",
+    "is_main_process",
     "load_checkpoint_files",
     "peer_record",
     "resolve_device",
     "save_checkpoint",
+    "setup_distributed",
 ]

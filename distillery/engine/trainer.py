@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distillery.engine.device import autocast
+from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
 from distillery.errors import DataError, NumericalError
 
 if TYPE_CHECKING:
@@ -79,8 +80,11 @@ class Trainer:
 
     def __init__(self, method: "Method", optimizer: torch.optim.Optimizer, scheduler=None, *, epochs: int,
                  device: torch.device | str = "cpu", progress: bool = True, description: str = "train",
-                 precision: str = "fp32", grad_clip: float | None = None) -> None:
+                 precision: str = "fp32", grad_clip: float | None = None,
+                 distributed: DistributedContext = SINGLE_PROCESS) -> None:
         self.method = method.to(device)
+        self.distributed = distributed
+        self._step = distributed.wrap(self.method, torch.device(device))  # method.step, or its DDP module
         self.precision = precision
         self.grad_clip = grad_clip
         self.optimizer = optimizer
@@ -122,29 +126,32 @@ class Trainer:
             inputs = inputs.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True) if labels is not None else None
             with autocast(self.device, self.precision):
-                output = self.method.step(inputs, labels, indices)
+                output = self._step(inputs, labels, indices)
             check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
             self.optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
+            loss, batch_size = self.distributed.weighted(output.loss, batches, inputs.shape[0])
+            loss.backward()
             if self.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
             self.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
-            batch_size = inputs.shape[0]
             seen += batch_size
             for name, value in {"loss": output.loss.detach(), **output.logs}.items():
                 totals[name] = totals.get(name, 0.0) + value.float() * batch_size
             if self.progress:
                 bar.set_postfix(loss=f"{output.loss.item():.4f}", refresh=False)
+        sums = self.distributed.sum_over_ranks({**{f"train/{name}": total for name, total in totals.items()},
+                                                "samples": seen}, self.device)
+        seen = sums.pop("samples")
         if seen == 0:
             raise DataError("the training data yielded no batches")
-        return {f"train/{name}": (total / seen).item() for name, total in totals.items()}
+        return {name: total / seen for name, total in sums.items()}
 
     def _validate_all(self, val_batches: Iterable) -> dict[str, float]:
-        metrics = validate(self.method.student, val_batches, self.device)
+        metrics = validate(self.method.student, val_batches, self.device, self.distributed)
         for name, peer in self.method.peer_models().items():
-            peer_metrics = validate(peer, val_batches, self.device)
+            peer_metrics = validate(peer, val_batches, self.device, self.distributed)
             metrics.update({key.replace("val/", f"val/{name}/", 1): value for key, value in peer_metrics.items()})
         return metrics
 
@@ -187,8 +194,9 @@ def check_finite(output: "StepOutput", epoch: int, step: int) -> None:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, batches: Iterable, device: torch.device) -> dict[str, float]:
-    """Accuracy and cross-entropy on labelled batches, with the model in eval mode."""
+def validate(model: torch.nn.Module, batches: Iterable, device: torch.device,
+             distributed: DistributedContext = SINGLE_PROCESS) -> dict[str, float]:
+    """Accuracy and cross-entropy on labelled batches, with the model in eval mode; summed over processes."""
     was_training = model.training
     model.eval()
     correct, loss_sum, seen = 0, 0.0, 0
@@ -202,6 +210,7 @@ def validate(model: torch.nn.Module, batches: Iterable, device: torch.device) ->
         correct += (logits.argmax(dim=-1) == labels).sum().item()
         seen += labels.shape[0]
     model.train(was_training)
-    if seen == 0:
+    sums = distributed.sum_over_ranks({"correct": correct, "loss": loss_sum, "seen": seen}, device)
+    if sums["seen"] == 0:
         raise DataError("the validation data yielded no batches")
-    return {"val/accuracy": correct / seen, "val/loss": loss_sum / seen}
+    return {"val/accuracy": sums["correct"] / sums["seen"], "val/loss": sums["loss"] / sums["seen"]}

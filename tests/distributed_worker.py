@@ -1,0 +1,59 @@
+"""What each process of the torchrun test runs: the Python API recording every step's samples, then the CLI.
+
+Usage: ``torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUTPUT_DIR CONFIG.yaml``.
+Each process writes ``rank<r>.safetensors`` and ``rank<r>.json`` (its steps' sample indices and history)
+into OUTPUT_DIR, then runs ``distillery distill CONFIG.yaml`` into OUTPUT_DIR/distilled.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from distillery.api import fit_method
+from distillery.cli import app
+from distillery.data import Normalizer, load_dataset, train_val_split
+from distillery.methods import create_method
+from distillery.models import build_model
+
+# Digits' 1221 training samples leave a last batch of 5: two processes split it unequally (3 and 2).
+GLOBAL_BATCH = 64
+EPOCHS = 2
+
+
+def train_recording() -> tuple[dict[str, torch.Tensor], list[list[int]], list[dict]]:
+    """Train an MLP on digits with :func:`fit_method`; the weights, each step's sample indices, the history."""
+    train, _ = load_dataset("digits")
+    train, val = train_val_split(train, 0.15, seed=0)
+    normalizer = Normalizer.fit(train)
+    train, val = normalizer.apply(train), normalizer.apply(val)
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "hidden": [16]}, train.input_shape, train.num_classes)
+    method = create_method("supervised", model)
+    steps: list[list[int]] = []
+    original_step = method.step
+
+    def recording_step(inputs, labels, indices):
+        steps.append(indices.tolist())
+        return original_step(inputs, labels, indices)
+
+    method.step = recording_step  # an instance attribute: DDP's wrapper calls method.step and finds it
+    result = fit_method(method, train, val, epochs=EPOCHS, batch_size=GLOBAL_BATCH, lr=0.003, seed=0,
+                        device="cpu", progress=False)
+    return {name: value.detach().clone() for name, value in result.model.state_dict().items()}, steps, result.history
+
+
+def main(output_dir: Path, config: str) -> None:
+    weights, steps, history = train_recording()
+    rank = int(os.environ["RANK"])
+    save_file(weights, str(output_dir / f"rank{rank}.safetensors"))
+    (output_dir / f"rank{rank}.json").write_text(json.dumps({"steps": steps, "history": history}))
+    app(["distill", config, "--set", f"output_dir={output_dir / 'distilled'}"], standalone_mode=False)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2])
