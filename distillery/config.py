@@ -57,6 +57,9 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: bfloat16 autocast for training steps")
     compile: bool = Field(False, description="compile the student with torch.compile")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="clip the gradients' global norm to this value")
+    checkpoint_every_steps: Optional[int] = Field(
+        None, ge=1, description="save the full training state (for --resume) every this many steps, "
+                                "besides after every epoch")
 
 
 # The methods born-again generations can distil with: each learns from one teacher's logits.

@@ -1,6 +1,7 @@
 """Config-driven runs: data, model and method built from a RunConfig, results written to a run directory."""
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from distillery.api import Result, evaluate, fit_method
-from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config
+from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config, load_config
 from distillery.data import (
     ArrayDataset,
     Augmentation,
@@ -23,6 +24,7 @@ from distillery.data import (
     train_val_split,
 )
 from distillery.engine import RunDirectory, peer_record
+from distillery.engine.training_state import STATE_DIR, Checkpointer, SavedState, read_training_state
 from distillery.errors import ConfigError, DataError, ModelError
 from distillery.methods import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.models import build_model, count_parameters, initialize_from_teacher
@@ -124,18 +126,27 @@ def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedD
     return teachers, data, teacher
 
 
-def run(config: RunConfig, *, overwrite: bool = False) -> Path:
+def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> Path:
     """Train (``config.distill`` absent) or distil a model as configured; returns the run directory.
+
+    The full training state is saved in ``<output_dir>/state/`` after every epoch (and every
+    ``train.checkpoint_every_steps`` steps); ``resume=True`` continues an unfinished run from it, with the
+    config from :func:`resume_config`, and ends with the weights an uninterrupted run would have.
 
     Example::
 
         run_dir = run(load_config("configs/digits_distill.yaml"))
+        run_dir = run(resume_config("runs/distilled"), resume=True)   # after an interruption
     """
     if config.distill is not None and config.distill.generations is not None:
+        if resume:
+            raise ConfigError("born-again runs (distill.generations) cannot be resumed: their generations keep no "
+                              "training state; start the run again with --overwrite")
         from distillery.generations import run_born_again  # imported here: it builds on this module
 
         return run_born_again(config, overwrite=overwrite)
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
+    saved = read_training_state(run_dir.path) if resume else None  # refused before any work if there is none
     teachers, data, teacher = teachers_and_data(config)
     torch.manual_seed(config.seed)
     # The evaluation data's classes, not the transfer set's: a student distilled without some class still predicts it.
@@ -150,7 +161,10 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
     plan = _transfer_plan(config, data, teacher)
     if plan.teacher_logits is not None:
         method.use_precomputed_teacher_logits(plan.teacher_logits)
-    run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
+    if saved is None:
+        run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
+    else:
+        run_dir.resume(saved.history, list(peer_architectures))
     if plan.note and config.progress:
         print(plan.note, file=sys.stderr)
     if "initialized_from_teacher" in metadata and config.progress:
@@ -168,7 +182,8 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
                         optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
                         schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
                         precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
-                        on_epoch_end=after_epoch, description=metadata["role"])
+                        on_epoch_end=after_epoch, description=metadata["role"], resume=saved,
+                        checkpointer=_checkpointer(config, run_dir, saved))
     evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
                           latency=config.measure_latency)
     if result.peers:
@@ -176,7 +191,29 @@ def run(config: RunConfig, *, overwrite: bool = False) -> Path:
                                           config.measure_latency)
     run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
     run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
+    shutil.rmtree(run_dir.path / STATE_DIR, ignore_errors=True)  # finished: model.json marks it, no resume needed
     return run_dir.path
+
+
+def _checkpointer(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None) -> Checkpointer:
+    command = "distill" if config.distill is not None else "train"
+    return Checkpointer(run_dir.path / STATE_DIR, every_steps=config.train.checkpoint_every_steps,
+                        resume_hint=f"distillery {command} --resume {run_dir.path}",
+                        saves=saved.document["saves"] if saved is not None else 0)
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config an unfinished run started with (its ``config.yaml``), writing to ``run_dir`` wherever it is now.
+
+    Example::
+
+        run(resume_config("runs/distilled"), resume=True)
+    """
+    run_dir = Path(run_dir)
+    read_training_state(run_dir)  # the clearer refusal first: not a run, finished, or nothing saved
+    config = load_config(run_dir / "config.yaml", overrides)
+    config.output_dir = str(run_dir)
+    return config
 
 
 def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | None,

@@ -1,7 +1,9 @@
 """The training loop. It knows nothing about any method: it asks for a StepOutput and minimises its loss."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from distillery.engine.device import autocast
 from distillery.errors import DataError, NumericalError
 
 if TYPE_CHECKING:
+    from distillery.engine.training_state import Checkpointer, SavedState
     from distillery.methods.base import Method, StepOutput
 
 EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
@@ -56,6 +59,25 @@ class FitResult:
     peers: dict[str, PeerBest] = field(default_factory=dict)
 
 
+@dataclass
+class EpochProgress:
+    """How far the current epoch has come: batches done, samples seen, summed logs, and the lr it began with.
+
+    A resumed run starts its interrupted epoch from one of these, skipping the ``step`` batches already done.
+    """
+
+    lr: float
+    step: int = 0
+    seen: int = 0
+    totals: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, output: "StepOutput", batch_size: int) -> None:
+        self.step += 1
+        self.seen += batch_size
+        for name, value in {"loss": output.loss.detach(), **output.logs}.items():
+            self.totals[name] = self.totals.get(name, 0.0) + value.float() * batch_size
+
+
 def peer_record(record: dict[str, Any], name: str) -> dict[str, Any]:
     """One peer's view of an epoch record: its ``train/<name>/x`` and ``val/<name>/x`` as ``train/x`` and ``val/x``.
 
@@ -89,57 +111,77 @@ class Trainer:
         self.device = torch.device(device)
         self.progress = progress
         self.description = description
+        self.global_step = 0  # optimiser steps taken, over all epochs
 
     def fit(self, train_batches: Iterable, val_batches: Iterable | None = None,
-            on_epoch_end: EpochCallback | None = None) -> FitResult:
-        result = FitResult()
-        for epoch in range(1, self.epochs + 1):
-            if hasattr(train_batches, "set_epoch"):
-                train_batches.set_epoch(epoch)
-            self.method.set_epoch(epoch)
-            started = time.perf_counter()
-            record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-            record.update(self.train_epoch(train_batches, epoch))
-            record["epoch_time_s"] = time.perf_counter() - started
-            if val_batches is not None:
-                record.update(self._validate_all(val_batches))
-            result.history.append(record)
-            self._keep_if_best(result, record)
-            if self.progress:
-                tqdm.write(self._summary(record), file=sys.stderr)
-            if on_epoch_end is not None:
-                on_epoch_end(record, self)
+            on_epoch_end: EpochCallback | None = None, *, checkpointer: "Checkpointer | None" = None,
+            resume: "SavedState | None" = None) -> FitResult:
+        """Train for the remaining epochs; ``checkpointer`` saves the training state as it goes (and stops
+        cleanly on SIGINT/SIGTERM), ``resume`` continues from a saved state at the batch where it stopped."""
+        result, start_epoch, resumed = FitResult(), 1, None
+        if resume is not None:
+            result, start_epoch, resumed = resume.restore(self)
+        watching = checkpointer.watch(self, result, train_batches) if checkpointer else contextlib.nullcontext()
+        with watching:
+            for epoch in range(start_epoch, self.epochs + 1):
+                if hasattr(train_batches, "set_epoch"):
+                    train_batches.set_epoch(epoch)
+                self.method.set_epoch(epoch)
+                progress = resumed if resumed is not None and epoch == start_epoch else None
+                progress = progress or EpochProgress(lr=self.optimizer.param_groups[0]["lr"])
+                started = time.perf_counter()
+                record: dict[str, Any] = {"epoch": epoch, "lr": progress.lr}
+                record.update(self.train_epoch(train_batches, epoch, progress, checkpointer))
+                record["epoch_time_s"] = time.perf_counter() - started
+                if val_batches is not None:
+                    record.update(self._validate_all(val_batches))
+                result.history.append(record)
+                self._keep_if_best(result, record)
+                if self.progress:
+                    tqdm.write(self._summary(record), file=sys.stderr)
+                if on_epoch_end is not None:
+                    on_epoch_end(record, self)
+                if checkpointer is not None:
+                    checkpointer.after_epoch(epoch, progress)
         return result
 
-    def train_epoch(self, batches: Iterable, epoch: int) -> dict[str, float]:
+    def train_epoch(self, batches: Iterable, epoch: int, progress: EpochProgress | None = None,
+                    checkpointer: "Checkpointer | None" = None) -> dict[str, float]:
+        """One epoch's steps; with ``progress`` from a saved state, its first ``progress.step`` batches are
+        skipped (the batches' order is fixed per epoch, so they are the ones already trained on)."""
         self.method.train()
-        totals: dict[str, torch.Tensor] = {}
-        seen = 0
-        bar = tqdm(batches, desc=f"{self.description} {epoch}/{self.epochs}", disable=not self.progress,
-                   leave=False, file=sys.stderr, dynamic_ncols=True)
-        for step, batch in enumerate(bar, start=1):
-            inputs, labels, indices = unpack_batch(batch)
-            inputs = inputs.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True) if labels is not None else None
-            with autocast(self.device, self.precision):
-                output = self.method.step(inputs, labels, indices)
-            check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
-            self.optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            batch_size = inputs.shape[0]
-            seen += batch_size
-            for name, value in {"loss": output.loss.detach(), **output.logs}.items():
-                totals[name] = totals.get(name, 0.0) + value.float() * batch_size
+        progress = progress or EpochProgress(lr=self.optimizer.param_groups[0]["lr"])
+        total = len(batches) if hasattr(batches, "__len__") else None
+        bar = tqdm(itertools.islice(batches, progress.step, None), desc=f"{self.description} {epoch}/{self.epochs}",
+                   disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True,
+                   initial=progress.step, total=total)
+        for batch in bar:
+            output, batch_size = self._step(batch, epoch, progress.step + 1)
+            progress.add(output, batch_size)
+            self.global_step += 1
             if self.progress:
                 bar.set_postfix(loss=f"{output.loss.item():.4f}", refresh=False)
-        if seen == 0:
+            if checkpointer is not None:
+                checkpointer.after_step(epoch, progress)
+        if progress.seen == 0:
             raise DataError("the training data yielded no batches")
-        return {f"train/{name}": (total / seen).item() for name, total in totals.items()}
+        return {f"train/{name}": (total / progress.seen).item() for name, total in progress.totals.items()}
+
+    def _step(self, batch: Any, epoch: int, step: int) -> tuple["StepOutput", int]:
+        inputs, labels, indices = unpack_batch(batch)
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True) if labels is not None else None
+        with autocast(self.device, self.precision):
+            output = self.method.step(inputs, labels, indices)
+        check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
+        self.optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return output, inputs.shape[0]
 
     def _validate_all(self, val_batches: Iterable) -> dict[str, float]:
         metrics = validate(self.method.student, val_batches, self.device)
