@@ -287,7 +287,8 @@ def _describe(error: ValidationError, source: str) -> str:
         return f"{source}: {key} is required; add it to the config"
     if first["type"] == "value_error":
         # Our own checks already name the problem and the fix.
-        return f"{source}: {key}: {first['msg'].removeprefix('Value error, ')}"
+        where = f"{key}: " if key else ""  # a check on the whole config has no single key to name
+        return f"{source}: {where}{first['msg'].removeprefix('Value error, ')}"
     return f"{source}: {key} = {first.get('input')!r} is invalid: {first['msg'].lower()}; fix it in the config or with --set {key}=..."
 
 

@@ -23,9 +23,10 @@ from distillery.data import (
     select_classes,
     train_val_split,
 )
-from distillery.engine import RunDirectory, peer_record
+from distillery.engine import RunDirectory, peer_record, resolve_device
+from distillery.engine.device import check_compilable
 from distillery.engine.training_state import STATE_DIR, Checkpointer, SavedState, read_training_state
-from distillery.errors import ConfigError, DataError, ModelError
+from distillery.errors import CheckpointError, ConfigError, DataError, ModelError
 from distillery.methods import create_method, method_accepts, method_default, method_uses_teacher_logits
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
@@ -161,9 +162,11 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
     plan = _transfer_plan(config, data, teacher)
     if plan.teacher_logits is not None:
         method.use_precomputed_teacher_logits(plan.teacher_logits)
+    _check_training_settings(config, method)
     if saved is None:
         run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
     else:
+        saved.check_fits(method)
         run_dir.resume(saved.history, list(peer_architectures))
     if plan.note and config.progress:
         print(plan.note, file=sys.stderr)
@@ -195,6 +198,13 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
     return run_dir.path
 
 
+def _check_training_settings(config: RunConfig, method) -> None:
+    """Settings fit_method would refuse, refused before the run directory is touched (--overwrite clears it)."""
+    resolve_device(config.device)
+    if config.train.compile:
+        check_compilable(method)
+
+
 def _checkpointer(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None) -> Checkpointer:
     command = "distill" if config.distill is not None else "train"
     return Checkpointer(run_dir.path / STATE_DIR, every_steps=config.train.checkpoint_every_steps,
@@ -210,8 +220,14 @@ def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> Ru
         run(resume_config("runs/distilled"), resume=True)
     """
     run_dir = Path(run_dir)
-    read_training_state(run_dir)  # the clearer refusal first: not a run, finished, or nothing saved
+    if not (run_dir / "config.yaml").is_file():
+        read_training_state(run_dir)  # says why: not a run directory, finished, or nothing saved
+        raise CheckpointError(f"{run_dir} has no config.yaml, so it cannot be resumed; start it again from its config")
     config = load_config(run_dir / "config.yaml", overrides)
+    if config.distill is not None and config.distill.generations is not None:
+        raise ConfigError(f"{run_dir} is a born-again run (distill.generations); its generations keep no training "
+                          "state, so it cannot be resumed: start it again with --overwrite")
+    read_training_state(run_dir)
     config.output_dir = str(run_dir)
     return config
 

@@ -96,10 +96,10 @@ def set_rng_states(states: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def trainable_state(trainer: "Trainer") -> dict[str, torch.Tensor]:
+def trainable_state(method: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The method's state without its frozen teachers: those are rebuilt from the config, unchanged."""
-    prefixes = tuple(f"{name}." for name in getattr(trainer.method, "teacher_names", ()))
-    return {key: value for key, value in trainer.method.state_dict().items() if not key.startswith(prefixes)}
+    prefixes = tuple(f"{name}." for name in getattr(method, "teacher_names", ()))
+    return {key: value for key, value in method.state_dict().items() if not key.startswith(prefixes)}
 
 
 def _result_payload(result: FitResult) -> dict[str, Any]:
@@ -158,6 +158,16 @@ class SavedState:
         progress = payload["progress"]
         return result, position["epoch"], EpochProgress(lr=progress["lr"], step=position["step"],
                                                         seen=progress["seen"], totals=progress["totals"])
+
+    def check_fits(self, method: torch.nn.Module) -> None:
+        """Refuse, before anything is written, a state saved for other modules (the config was edited)."""
+        expected = {key: tuple(value.shape) for key, value in trainable_state(method).items()}
+        saved = {key: tuple(self.tensors[ref[TENSOR]].shape) if isinstance(ref, dict) and ref.get(TENSOR) in self.tensors
+                 else None for key, ref in self.document["payload"]["model"].items()}
+        if saved != expected:
+            differing = sorted(key for key in expected.keys() | saved.keys() if expected.get(key) != saved.get(key))
+            raise CheckpointError(f"{self.path} does not fit this run's model (it differs at {differing[:3]}); "
+                                  "resume with the run's own config.yaml")
 
     def _load_modules(self, trainer: "Trainer", payload: dict[str, Any]) -> None:
         try:
@@ -270,7 +280,7 @@ class Checkpointer:
     def save(self, epoch: int, progress: EpochProgress, *, epoch_done: bool) -> Path:
         """Write a tensors file, then commit it by writing state.json; older tensors files are removed after."""
         trainer = self._trainer
-        payload = {"model": trainable_state(trainer), "optimizer": trainer.optimizer.state_dict(),
+        payload = {"model": trainable_state(trainer.method), "optimizer": trainer.optimizer.state_dict(),
                    "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
                    "rng": rng_states(), "result": _result_payload(self._result),
                    "progress": {"lr": progress.lr, "seen": progress.seen, "totals": progress.totals}}
