@@ -12,6 +12,7 @@ from torch import nn
 
 from distillery.api import Result, evaluate, fit_method
 from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config, load_config
+from distillery.data.memmap import MemmapInputs
 from distillery.data import (
     ArrayDataset,
     Augmentation,
@@ -236,6 +237,9 @@ def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | N
                    rebuild: bool = False) -> TransferPlan:
     distill = config.distill
     uses_table = distill is not None and method_uses_teacher_logits(distill.method)
+    if uses_table and teacher is not None and distill.teacher_cache != "off" and isinstance(data.train.inputs, MemmapInputs):
+        raise ConfigError(f"the teacher-output cache fingerprints the whole transfer set in memory, but "
+                          f"{data.train.source} is memory-mapped; set distill.teacher_cache: off")
     if distill is not None and distill.teacher_views and not uses_table:
         raise ConfigError(f"teacher_views caches the teacher's logits, which method {distill.method!r} does not use "
                           "(it runs the live teacher for features); remove teacher_views")

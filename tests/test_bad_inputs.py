@@ -414,6 +414,27 @@ def _(ws):
             (str(directory / "train.npz"),))
 
 
+@case("hostile-pickle-as-npy-dataset")
+def _(ws):
+    directory = ws.tmp / "evil-npy"
+    directory.mkdir()
+    np.save(directory / "x_train.npy", np.array([CreatesMarker(ws.marker)] * 3, dtype=object), allow_pickle=True)
+    return (["train", ws.run(data={"dataset": "npy", "path": str(directory)}), "--overwrite"],
+            (str(directory / "x_train.npy"), "object array"))
+
+
+@case("memory-mapped-transfer-set-with-teacher-cache")
+def _(ws):
+    zeros = np.zeros((60, 8, 8), np.uint8)
+    directory = ws.tmp / "npy"
+    directory.mkdir()
+    for split in ("train", "test"):
+        np.save(directory / f"x_{split}.npy", zeros)
+        np.save(directory / f"y_{split}.npy", np.arange(60) % 10)
+    config = ws.run(data={"dataset": "npy", "path": str(directory)}, distill={"teacher": str(ws.teacher)})
+    return ["distill", config, "--overwrite"], ("memory-mapped", "teacher_cache: off")
+
+
 @case("hostile-pickle-as-state-tensors")
 def _(ws):
     run = ws.interrupted()
@@ -529,7 +550,7 @@ def test_bad_input_is_one_line_and_changes_nothing(workspace, name):
 
 
 def test_the_battery_counts_its_cases():
-    assert len(CASES) == 70, len(CASES)
+    assert len(CASES) == 72, len(CASES)
 
 
 def test_the_hostile_payload_is_live(tmp_path):
