@@ -65,12 +65,14 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
                optimizer: str = "adamw", weight_decay: float = 5e-4, momentum: float = 0.9,
                schedule: str = "cosine", batch_size: int = 128, seed: int = 0, device: str = "auto",
                progress: bool = True, on_epoch_end=None, description: str = "train", precision: str = "fp32",
-               compile: bool = False, grad_clip: float | None = None) -> Result:
+               compile: bool = False, grad_clip: float | None = None, checkpointer=None, resume=None) -> Result:
     """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you.
 
     ``precision="bf16"`` runs each step under bfloat16 autocast; ``compile=True`` compiles the student
     with torch.compile. Neither changes what is saved. ``grad_clip`` caps the gradients' global norm.
     Under torchrun it trains data-parallel: ``batch_size`` (or the given loader's) is the global batch.
+    ``checkpointer`` (an :class:`distillery.engine.training_state.Checkpointer`) saves the full training
+    state as training goes; ``resume`` (a state read with ``read_training_state``) continues from one.
     """
     context = setup_distributed(device)
     train_batches = context.shard(as_batches(train_data, batch_size, shuffle=True, seed=seed), training=True)
@@ -85,7 +87,8 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
     scheduler = build_scheduler(opt, schedule, total_steps=epochs * steps_per_epoch)
     trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress and context.is_main,
                       description=description, precision=precision, grad_clip=grad_clip, distributed=context)
-    fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end)
+    fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end, checkpointer=checkpointer,
+                         resume=resume)
     method.student.load_state_dict(fitted.best_state)
     peers = {}
     for name, peer in method.peer_models().items():

@@ -12,9 +12,9 @@ from distillery.compress import DEFAULT_TOLERANCE, compress_report, export_model
 from distillery.config import load_config
 from distillery.demo import demo as run_demo
 from distillery.engine.distributed import is_main_process
-from distillery.errors import ConfigError, DistilleryError
+from distillery.errors import ConfigError, DistilleryError, TrainingInterrupted
 from distillery.eval.report import write_report
-from distillery.runs import build_teacher_cache, evaluate_checkpoint, run
+from distillery.runs import build_teacher_cache, evaluate_checkpoint, resume_config, run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a small student model from a large teacher, and measure what it bought.")
@@ -29,6 +29,9 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except TrainingInterrupted as error:
+            typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
+            raise typer.Exit(error.exit_code) from None
         except DistilleryError as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
@@ -40,14 +43,29 @@ def user_errors(command):
     return wrapper
 
 
-def _run_config(config_path: Path, overrides: list[str], overwrite: bool, quiet: bool, *, distilling: bool) -> None:
-    resolved = load_config(config_path, overrides + (["progress=false"] if quiet else []))
+def _resolved_config(config_path: Optional[Path], overrides: list[str], overwrite: bool, quiet: bool,
+                     resume: Optional[Path]):
+    quiet_override = ["progress=false"] if quiet else []
+    if resume is None:
+        if config_path is None:
+            raise ConfigError("give a run configuration (YAML), or --resume RUN_DIR to continue an interrupted run")
+        return load_config(config_path, overrides + quiet_override)
+    if config_path is not None or overrides or overwrite:
+        raise ConfigError(f"--resume {resume} continues the run with its own config.yaml; "
+                          "drop the config file, --set and --overwrite")
+    return resume_config(resume, quiet_override)
+
+
+def _run_config(config_path: Optional[Path], overrides: list[str], overwrite: bool, quiet: bool, *, distilling: bool,
+                resume: Optional[Path] = None) -> None:
+    resolved = _resolved_config(config_path, overrides, overwrite, quiet, resume)
+    config_path = config_path or resume / "config.yaml"
     if distilling and resolved.distill is None:
         raise ConfigError(f"{config_path} has no distill: section (teacher, method, temperature, alpha); "
                           "add one, or use `distillery train`")
     if not distilling and resolved.distill is not None:
         raise ConfigError(f"{config_path} has a distill: section; run `distillery distill {config_path}` instead")
-    run_dir = run(resolved, overwrite=overwrite)
+    run_dir = run(resolved, overwrite=overwrite, resume=resume is not None)
     if not is_main_process():
         return  # under torchrun rank 0 reports for all
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
@@ -59,22 +77,25 @@ def _run_config(config_path: Path, overrides: list[str], overwrite: bool, quiet:
 OVERWRITE = typer.Option(False, help="Replace a finished run in output_dir.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 OVERRIDES = typer.Option([], "--set", help=SET_HELP)
+RESUME = typer.Option(None, "--resume", help="Continue the interrupted run in this directory from its saved state.")
 
 
 @app.command()
 @user_errors
-def train(config: Path = typer.Argument(..., help="Run configuration (YAML)."),
-          set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
+def train(config: Optional[Path] = typer.Argument(None, help="Run configuration (YAML)."),
+          set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
+          resume: Optional[Path] = RESUME) -> None:
     """Train a model on labels: a teacher, or a student from scratch."""
-    _run_config(config, set_, overwrite, quiet, distilling=False)
+    _run_config(config, set_, overwrite, quiet, distilling=False, resume=resume)
 
 
 @app.command()
 @user_errors
-def distill(config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
-            set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET) -> None:
+def distill(config: Optional[Path] = typer.Argument(None, help="Run configuration (YAML) with a distill: section."),
+            set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
+            resume: Optional[Path] = RESUME) -> None:
     """Distil a student from a teacher checkpoint, or train it with models that learn beside it (mutual, online)."""
-    _run_config(config, set_, overwrite, quiet, distilling=True)
+    _run_config(config, set_, overwrite, quiet, distilling=True, resume=resume)
 
 
 @app.command()

@@ -57,6 +57,9 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: bfloat16 autocast for training steps")
     compile: bool = Field(False, description="compile the student with torch.compile")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="clip the gradients' global norm to this value")
+    checkpoint_every_steps: Optional[int] = Field(
+        None, ge=1, description="save the full training state (for --resume) every this many steps, "
+                                "besides after every epoch")
 
 
 # The methods born-again generations can distil with: each learns from one teacher's logits.
@@ -293,7 +296,8 @@ def _describe(error: ValidationError, source: str) -> str:
         return f"{source}: {key} is required; add it to the config"
     if first["type"] == "value_error":
         # Our own checks already name the problem and the fix.
-        return f"{source}: {key}: {first['msg'].removeprefix('Value error, ')}"
+        where = f"{key}: " if key else ""  # a check on the whole config has no single key to name
+        return f"{source}: {where}{first['msg'].removeprefix('Value error, ')}"
     return f"{source}: {key} = {first.get('input')!r} is invalid: {first['msg'].lower()}; fix it in the config or with --set {key}=..."
 
 

@@ -27,3 +27,14 @@ class RunExistsError(DistilleryError):
 
 class NumericalError(DistilleryError):
     """Training produced a NaN or infinite loss."""
+
+
+class TrainingInterrupted(DistilleryError):
+    """SIGINT or SIGTERM stopped training after a finished step, with the training state saved to resume from.
+
+    ``exit_code`` is 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as shells report it.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

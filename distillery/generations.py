@@ -14,7 +14,7 @@ from torch import nn
 from distillery.api import Result, evaluate
 from distillery.config import RunConfig, dump_config
 from distillery.data import BatchIterator
-from distillery.engine import RunDirectory
+from distillery.engine import RunDirectory, resolve_device
 from distillery.engine.distributed import setup_distributed
 from distillery.models import build_model
 from distillery.runs import TEACHER_SETTINGS, PreparedData, _metadata, teachers_and_data
@@ -45,6 +45,7 @@ def run_born_again(config: RunConfig, *, overwrite: bool = False) -> Path:
     # Checked before the directory is touched, as run() checks its method.
     build_distiller(distill.method, model_factory(), teacher if teacher is not None else model_factory(),
                     {**options, "label_smoothing": label_smoothing})
+    resolve_device(config.device)  # before start(): --overwrite clears the directory
     if context.is_main:
         run_dir.start(dump_config(config))
         shutil.rmtree(run_dir.path / "generations", ignore_errors=True)  # a replaced run's generations go with it

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from distillery.data.memmap import MemmapInputs
 from distillery.errors import DataError
 
 
@@ -13,7 +15,8 @@ class ArrayDataset:
     """Inputs, integer labels and class names held as whole tensors.
 
     `inputs` is float32 `[N, C, H, W]` for images (values in [0, 1] after loading)
-    or `[N, F]` for tabular data; `labels` is int64 `[N]`. Construction validates
+    or `[N, F]` for tabular data, a tensor or :class:`MemmapInputs` (read from disk per batch);
+    `labels` is int64 `[N]`. Construction validates
     both and raises `DataError` naming `source`. Example::
 
         ds = ArrayDataset(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 1]), ["a", "b", "c"], "toy")
@@ -47,11 +50,10 @@ class ArrayDataset:
         return tuple(self.inputs.shape[1:])
 
     def subset(self, indices: torch.Tensor) -> "ArrayDataset":
-        """The samples at `indices`, in that order. Example: `ds.subset(torch.arange(100))`."""
+        """The samples at `indices`, in that order (inputs on disk stay there). Example: `ds.subset(torch.arange(100))`."""
         indices = torch.as_tensor(indices, dtype=torch.long, device=self.inputs.device)
-        return ArrayDataset(
-            self.inputs[indices], self.labels[indices.to(self.labels.device)], list(self.class_names), self.source
-        )
+        inputs = self.inputs.take(indices) if isinstance(self.inputs, MemmapInputs) else self.inputs[indices]
+        return ArrayDataset(inputs, self.labels[indices.to(self.labels.device)], list(self.class_names), self.source)
 
     def __repr__(self) -> str:
         return (
@@ -60,7 +62,9 @@ class ArrayDataset:
         )
 
 
-def _checked_inputs(inputs: torch.Tensor, where: str) -> torch.Tensor:
+def _checked_inputs(inputs: torch.Tensor | MemmapInputs, where: str) -> torch.Tensor | MemmapInputs:
+    if isinstance(inputs, MemmapInputs):
+        return _checked_memmap(inputs, where)
     if not isinstance(inputs, torch.Tensor):
         raise DataError(f"inputs in {where} are a {type(inputs).__name__}, not a tensor; convert them with torch.as_tensor")
     if inputs.dim() < 2:
@@ -79,6 +83,18 @@ def _checked_inputs(inputs: torch.Tensor, where: str) -> torch.Tensor:
     if not bool(torch.isfinite(inputs).all()):
         bad = int((~torch.isfinite(inputs)).flatten(1).any(dim=1).sum())
         raise DataError(f"inputs in {where} contain NaN or Inf in {bad} samples; clean or drop those samples")
+    return inputs
+
+
+def _checked_memmap(inputs: MemmapInputs, where: str) -> MemmapInputs:
+    if len(inputs) == 0:
+        raise DataError(f"{where} has no samples; point the data path at a non-empty dataset")
+    if inputs.source.array.dtype != np.uint8:  # uint8 cannot hold NaN; floats are checked a chunk at a time
+        for start, chunk in zip(range(0, len(inputs), inputs.chunk_rows), inputs.chunks()):
+            bad = (~torch.isfinite(chunk)).flatten(1).any(dim=1)
+            if bool(bad.any()):
+                raise DataError(f"inputs in {where} contain NaN or Inf (sample {start + int(bad.nonzero()[0])} is "
+                                "the first); clean or drop those samples")
     return inputs
 
 

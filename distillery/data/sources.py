@@ -1,4 +1,4 @@
-"""Dataset readers (IDX, .npz, scikit-learn's digits) and the `DATASETS` registry behind `load_dataset`."""
+"""Dataset readers (IDX, .npz, memory-mapped .npy, scikit-learn's digits) and the `DATASETS` registry behind `load_dataset`."""
 from __future__ import annotations
 
 import gzip
@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from distillery.data.dataset import ArrayDataset
+from distillery.data.memmap import MemmapInputs, load_memmap_split
 from distillery.errors import ConfigError, DataError
 from distillery.registry import Registry
 
@@ -284,3 +285,30 @@ def _load_npz_dataset(
         _to_dataset(train_x, train_y, names, sources[0]),
         _to_dataset(test_x, test_y, names, sources[1]),
     )
+
+
+NPY_FILES = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
+
+
+@DATASETS.register("npy")
+def _load_npy_dataset(
+    path: str | Path | None = None, class_names: Sequence[str] | None = None
+) -> tuple[ArrayDataset, ArrayDataset]:
+    """A directory of x_train.npy, y_train.npy, x_test.npy, y_test.npy; the inputs are memory-mapped and read
+    per batch, so the training set may be larger than memory (see distillery/data/memmap.py)."""
+    if path is None:
+        raise ConfigError(f"dataset 'npy' needs data.path: a directory with {', '.join(NPY_FILES)}")
+    directory = Path(path)
+    if not directory.is_dir():
+        raise DataError(f"data.path {directory} for dataset 'npy' is not a directory; it must hold {', '.join(NPY_FILES)}")
+    train_x, train_y = load_memmap_split(directory / "x_train.npy", directory / "y_train.npy")
+    test_x, test_y = load_memmap_split(directory / "x_test.npy", directory / "y_test.npy")
+    names = _class_names(class_names, train_y, test_y)
+    return (_memmap_dataset(train_x, train_y, names, str(directory / "x_train.npy")),
+            _memmap_dataset(test_x, test_y, names, str(directory / "x_test.npy")))
+
+
+def _memmap_dataset(inputs: MemmapInputs, labels: np.ndarray, names: list[str], source: str) -> ArrayDataset:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels for {source} are {labels.dtype}; expected integer class indices")
+    return ArrayDataset(inputs, torch.from_numpy(labels.astype(np.int64)), names, source)

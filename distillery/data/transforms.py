@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from distillery.data.dataset import ArrayDataset
+from distillery.data.memmap import MemmapInputs
 from distillery.errors import ConfigError, DataError
 
 
@@ -64,6 +65,8 @@ class Normalizer:
     def fit(cls, dataset: ArrayDataset) -> "Normalizer":
         """Statistics of `dataset.inputs`: over N, H, W per channel for 4-D inputs, global for 2-D."""
         inputs = dataset.inputs
+        if isinstance(inputs, MemmapInputs):
+            return cls._fit_chunks(inputs)
         if inputs.dim() >= 3:
             dims = [0] + list(range(2, inputs.dim()))
             variance, mean = torch.var_mean(inputs, dim=dims, correction=0)
@@ -72,6 +75,20 @@ class Normalizer:
             variance, mean = variance.reshape(1), mean.reshape(1)
         std = variance.sqrt()
         # A constant channel (e.g. a blank border) would divide by zero; leave its scale alone.
+        std = torch.where(std > 1e-12, std, torch.ones_like(std))
+        return cls(tuple(mean.tolist()), tuple(std.tolist()))
+
+    @classmethod
+    def _fit_chunks(cls, inputs: MemmapInputs) -> "Normalizer":
+        # Sums in float64, a chunk at a time: the data never needs to be in memory at once.
+        dims = [0] + list(range(2, inputs.dim())) if inputs.dim() >= 3 else list(range(inputs.dim()))
+        count, total, squares = 0, 0.0, 0.0
+        for chunk in inputs.chunks():
+            count += chunk.numel() // (chunk.shape[1] if inputs.dim() >= 3 else 1)
+            total = total + chunk.sum(dim=dims, dtype=torch.float64)
+            squares = squares + chunk.square().sum(dim=dims, dtype=torch.float64)
+        mean = (total / count).reshape(-1)
+        std = (squares / count - mean * mean).clamp_min(0.0).sqrt().reshape(-1)
         std = torch.where(std > 1e-12, std, torch.ones_like(std))
         return cls(tuple(mean.tolist()), tuple(std.tolist()))
 
@@ -100,8 +117,15 @@ class Normalizer:
         return self._cache[key]
 
     def apply(self, dataset: ArrayDataset) -> ArrayDataset:
-        """A new dataset with normalised inputs; labels and class names are shared."""
-        return ArrayDataset(self(dataset.inputs), dataset.labels, list(dataset.class_names), dataset.source)
+        """A new dataset with normalised inputs; labels and class names are shared.
+
+        Inputs on disk are read into memory here: this is for validation and test splits; a training set
+        stays on disk and is normalised per batch (``BatchIterator(..., transform=normalizer)``).
+        """
+        inputs = dataset.inputs
+        if isinstance(inputs, MemmapInputs):
+            inputs = torch.cat(list(inputs.chunks()))
+        return ArrayDataset(self(inputs), dataset.labels, list(dataset.class_names), dataset.source)
 
     def to_dict(self) -> dict:
         """JSON-ready form, e.g. `{"mean": [0.286], "std": [0.353]}`."""

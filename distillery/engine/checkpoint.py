@@ -14,6 +14,8 @@ from distillery.atomic import atomic_write, atomic_write_text
 from distillery.errors import CheckpointError
 
 FORMAT = "distillery-checkpoint"
+# torch.save, pickle and other formats that unpickle on load: refused by name, never opened.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
 def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
@@ -38,6 +40,10 @@ def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any]
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory, ``x.safetensors``, ``x.json`` or ``x`` -> the stem ``x`` of an existing checkpoint."""
     path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path} is a pickle-based file ({path.suffix}); distillery never unpickles files, "
+                              "since unpickling can run code: save the weights with safetensors (a distillery run "
+                              "directory, or safetensors.torch.save_file) and point to that")
     if path.is_dir():
         if not (path / "model.safetensors").is_file():
             raise CheckpointError(f"{path} holds no model.safetensors; is it a finished distillery run?")

@@ -53,7 +53,12 @@ def compile_student(method: torch.nn.Module) -> None:
     Methods that read features through forward hooks keep an uncompiled student: hooks on modules
     inside a compiled graph are not guaranteed to fire.
     """
+    check_compilable(method)
+    method.student.compile()
+
+
+def check_compilable(method: torch.nn.Module) -> None:
+    """Refuse train.compile for a method that reads the student's features through hooks (see compile_student)."""
     if getattr(method, "uses_feature_hooks", False):
         raise ConfigError(f"train.compile cannot be combined with {type(method).__name__}, which reads the "
                           "student's features through hooks; set train.compile: false")
-    method.student.compile()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from distillery.atomic import atomic_write_text
 from distillery.engine.checkpoint import save_checkpoint
+from distillery.engine.trainer import peer_record
 from distillery.errors import RunExistsError
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json", "last.safetensors", "last.json",
@@ -39,13 +41,29 @@ class RunDirectory:
             raise RunExistsError(
                 f"{self.path} already holds a finished run; pass --overwrite to replace it or choose another output_dir"
             )
+        if (self.path / "state" / "state.json").is_file() and not self.overwrite:
+            raise RunExistsError(
+                f"{self.path} holds an interrupted run with its training state saved; continue it with "
+                f"--resume {self.path}, or pass --overwrite to start again"
+            )
         self.path.mkdir(parents=True, exist_ok=True)
         self._clear_files()
         atomic_write_text(self.path / "config.yaml", config_text)
 
+    def resume(self, history: list[dict[str, Any]], peers: list[str]) -> None:
+        """Continue an unfinished run: its metrics become the saved state's history (an epoch logged after the
+        last saved state is trained again, so it must not stay in the log twice)."""
+        lines = "".join(json.dumps(record) + "\n" for record in history)
+        atomic_write_text(self.path / "metrics.jsonl", lines)
+        for name in peers:
+            text = "".join(json.dumps(peer_record(record, name)) + "\n" for record in history)
+            atomic_write_text(self.peer(name).path / "metrics.jsonl", text)
+
     def _clear_files(self) -> None:
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
+        # A new run must never be resumed from an earlier run's training state.
+        shutil.rmtree(self.path / "state", ignore_errors=True)
         # Only our own files go, so a folder of the user's inside peers/ survives.
         peers = self.path / "peers"
         for peer_dir in sorted(peers.iterdir() if peers.is_dir() else []):

@@ -1,7 +1,9 @@
 """The training loop. It knows nothing about any method: it asks for a StepOutput and minimises its loss."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
 from distillery.errors import DataError, NumericalError
 
 if TYPE_CHECKING:
+    from distillery.engine.training_state import Checkpointer, SavedState
     from distillery.methods.base import Method, StepOutput
 
 EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
@@ -57,6 +60,25 @@ class FitResult:
     peers: dict[str, PeerBest] = field(default_factory=dict)
 
 
+@dataclass
+class EpochProgress:
+    """How far the current epoch has come: batches done, samples seen, summed logs, and the lr it began with.
+
+    A resumed run starts its interrupted epoch from one of these, skipping the ``step`` batches already done.
+    """
+
+    lr: float
+    step: int = 0
+    seen: int = 0
+    totals: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, output: "StepOutput", batch_size: int) -> None:
+        self.step += 1
+        self.seen += batch_size
+        for name, value in {"loss": output.loss.detach(), **output.logs}.items():
+            self.totals[name] = self.totals.get(name, 0.0) + value.float() * batch_size
+
+
 def peer_record(record: dict[str, Any], name: str) -> dict[str, Any]:
     """One peer's view of an epoch record: its ``train/<name>/x`` and ``val/<name>/x`` as ``train/x`` and ``val/x``.
 
@@ -84,7 +106,7 @@ class Trainer:
                  distributed: DistributedContext = SINGLE_PROCESS) -> None:
         self.method = method.to(device)
         self.distributed = distributed
-        self._step = distributed.wrap(self.method, torch.device(device))  # method.step, or its DDP module
+        self._forward = distributed.wrap(self.method, torch.device(device))  # method.step, or its DDP module
         self.precision = precision
         self.grad_clip = grad_clip
         self.optimizer = optimizer
@@ -93,60 +115,83 @@ class Trainer:
         self.device = torch.device(device)
         self.progress = progress
         self.description = description
+        self.global_step = 0  # optimiser steps taken, over all epochs
 
     def fit(self, train_batches: Iterable, val_batches: Iterable | None = None,
-            on_epoch_end: EpochCallback | None = None) -> FitResult:
-        result = FitResult()
-        for epoch in range(1, self.epochs + 1):
-            if hasattr(train_batches, "set_epoch"):
-                train_batches.set_epoch(epoch)
-            self.method.set_epoch(epoch)
-            started = time.perf_counter()
-            record: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-            record.update(self.train_epoch(train_batches, epoch))
-            record["epoch_time_s"] = time.perf_counter() - started
-            if val_batches is not None:
-                record.update(self._validate_all(val_batches))
-            result.history.append(record)
-            self._keep_if_best(result, record)
-            if self.progress:
-                tqdm.write(self._summary(record), file=sys.stderr)
-            if on_epoch_end is not None:
-                on_epoch_end(record, self)
+            on_epoch_end: EpochCallback | None = None, *, checkpointer: "Checkpointer | None" = None,
+            resume: "SavedState | None" = None) -> FitResult:
+        """Train for the remaining epochs; ``checkpointer`` saves the training state as it goes (and stops
+        cleanly on SIGINT/SIGTERM), ``resume`` continues from a saved state at the batch where it stopped."""
+        result, start_epoch, resumed = FitResult(), 1, None
+        if resume is not None:
+            result, start_epoch, resumed = resume.restore(self)
+        watching = checkpointer.watch(self, result, train_batches) if checkpointer else contextlib.nullcontext()
+        with watching:
+            for epoch in range(start_epoch, self.epochs + 1):
+                if hasattr(train_batches, "set_epoch"):
+                    train_batches.set_epoch(epoch)
+                self.method.set_epoch(epoch)
+                progress = resumed if resumed is not None and epoch == start_epoch else None
+                progress = progress or EpochProgress(lr=self.optimizer.param_groups[0]["lr"])
+                started = time.perf_counter()
+                record: dict[str, Any] = {"epoch": epoch, "lr": progress.lr}
+                record.update(self.train_epoch(train_batches, epoch, progress, checkpointer))
+                record["epoch_time_s"] = time.perf_counter() - started
+                if val_batches is not None:
+                    record.update(self._validate_all(val_batches))
+                result.history.append(record)
+                self._keep_if_best(result, record)
+                if self.progress:
+                    tqdm.write(self._summary(record), file=sys.stderr)
+                if on_epoch_end is not None:
+                    on_epoch_end(record, self)
+                if checkpointer is not None:
+                    checkpointer.after_epoch(epoch, progress)
         return result
 
-    def train_epoch(self, batches: Iterable, epoch: int) -> dict[str, float]:
+    def train_epoch(self, batches: Iterable, epoch: int, progress: EpochProgress | None = None,
+                    checkpointer: "Checkpointer | None" = None) -> dict[str, float]:
+        """One epoch's steps; with ``progress`` from a saved state, its first ``progress.step`` batches are
+        skipped (the batches' order is fixed per epoch, so they are the ones already trained on)."""
         self.method.train()
-        totals: dict[str, torch.Tensor] = {}
-        seen = 0
-        bar = tqdm(batches, desc=f"{self.description} {epoch}/{self.epochs}", disable=not self.progress,
-                   leave=False, file=sys.stderr, dynamic_ncols=True)
-        for step, batch in enumerate(bar, start=1):
-            inputs, labels, indices = unpack_batch(batch)
-            inputs = inputs.to(self.device, non_blocking=True)
-            labels = labels.to(self.device, non_blocking=True) if labels is not None else None
-            with autocast(self.device, self.precision):
-                output = self._step(inputs, labels, indices)
-            check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, batch_size = self.distributed.weighted(output.loss, batches, inputs.shape[0])
-            loss.backward()
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
-            self.optimizer.step()
-            if self.scheduler is not None:
-                self.scheduler.step()
-            seen += batch_size
-            for name, value in {"loss": output.loss.detach(), **output.logs}.items():
-                totals[name] = totals.get(name, 0.0) + value.float() * batch_size
+        progress = progress or EpochProgress(lr=self.optimizer.param_groups[0]["lr"])
+        total = len(batches) if hasattr(batches, "__len__") else None
+        bar = tqdm(itertools.islice(batches, progress.step, None), desc=f"{self.description} {epoch}/{self.epochs}",
+                   disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True,
+                   initial=progress.step, total=total)
+        for batch in bar:
+            output, batch_size = self._step(batch, batches, epoch, progress.step + 1)
+            progress.add(output, batch_size)
+            self.global_step += 1
             if self.progress:
                 bar.set_postfix(loss=f"{output.loss.item():.4f}", refresh=False)
-        sums = self.distributed.sum_over_ranks({**{f"train/{name}": total for name, total in totals.items()},
-                                                "samples": seen}, self.device)
+            if checkpointer is not None:
+                checkpointer.after_step(epoch, progress)
+        sums = self.distributed.sum_over_ranks(
+            {**{f"train/{name}": total for name, total in progress.totals.items()}, "samples": progress.seen},
+            self.device)
         seen = sums.pop("samples")
         if seen == 0:
             raise DataError("the training data yielded no batches")
         return {name: total / seen for name, total in sums.items()}
+
+    def _step(self, batch: Any, batches: Iterable, epoch: int, step: int) -> tuple["StepOutput", int]:
+        """One optimiser step; returns the step's output and its batch size (under torchrun, its weighted share)."""
+        inputs, labels, indices = unpack_batch(batch)
+        inputs = inputs.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True) if labels is not None else None
+        with autocast(self.device, self.precision):
+            output = self._forward(inputs, labels, indices)
+        check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, batch_size = self.distributed.weighted(output.loss, batches, inputs.shape[0])
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return output, batch_size
 
     def _validate_all(self, val_batches: Iterable) -> dict[str, float]:
         metrics = validate(self.method.student, val_batches, self.device, self.distributed)

@@ -41,6 +41,11 @@ class Method(nn.Module):
         self.add_module(name, freeze(teacher))
         self._teacher_names.append(name)
 
+    @property
+    def teacher_names(self) -> tuple[str, ...]:
+        """The submodules added with :meth:`add_teacher`: frozen, so a saved training state leaves them out."""
+        return tuple(self._teacher_names)
+
     def train(self, mode: bool = True) -> "Method":
         super().train(mode)
         for name in self._teacher_names:

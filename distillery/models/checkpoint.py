@@ -30,6 +30,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise CheckpointError(f"the weights in {path} do not fit the architecture in its metadata ({first_line})") from None
+        # The first line only names the model class; the next one names the first tensor that does not fit.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"the weights in {path} do not fit the architecture in its metadata ({detail})") from None
     return model, metadata
