@@ -213,7 +213,8 @@ def point_name(settings: Mapping[str, Any]) -> str:
     parts = []
     for key, value in settings.items():
         text = value if isinstance(value, str) else json.dumps(value)
-        parts.append(f"{short_name(key, settings).replace('.', '-')}-{re.sub(r'[^A-Za-z0-9.+-]+', '-', text)}")
+        text = re.sub(r"[^A-Za-z0-9.+-]+", "-", re.sub(r"[\[\]{}'\" ]", "", text))  # [8, 8] -> 8-8
+        parts.append(f"{short_name(key, settings).replace('.', '-')}-{text}")
     return "_".join(parts)
 
 
