@@ -205,7 +205,9 @@ def plan_points(config: RunConfig, grid: Mapping[str, list[Any]], epochs: int,
     names = [name for name, _, _ in planned]
     if len(set(names)) < len(names):
         raise ConfigError("two grid values give the same directory name; make the values distinct, e.g. 0.5 and 0.50")
-    return [(name, settings, _shortened(point, epochs, output_dir / name)) for name, settings, point in planned]
+    # A grid over train.epochs is a grid over the budget: --epochs does not override it.
+    return [(name, settings, _shortened(point, point.train.epochs if "train.epochs" in settings else epochs,
+                                        output_dir / name)) for name, settings, point in planned]
 
 
 def point_name(settings: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ import distillery
 from cli_helpers import PNG_MAGIC, assert_ok, assert_user_error, invoke, snapshot, write_yaml
 from distillery.config import load_config
 from distillery.runs import run
-from distillery.tune import DEFAULT_GRID, check_grid, parse_grid, point_name
+from distillery.tune import DEFAULT_GRID, check_grid, parse_grid, plan_points, point_name
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DISTILL = CONFIGS / "digits_distill.yaml"
@@ -137,6 +137,13 @@ def test_parse_grid_reads_values_as_yaml():
         "distill.temperature": [1, 2.5], "distill.method": ["hinton", "dist"], "model.hidden": [[16], [8, 8]]}
     assert point_name({"model.hidden": [8, 8], "distill.method": "dist"}) == "hidden-8-8_method-dist"
     assert check_grid(DEFAULT_GRID, 64) == {"distill.temperature": [1, 2, 4], "distill.alpha": [0.1, 0.5, 0.9]}
+
+
+def test_epochs_shorten_every_point_but_a_grid_over_the_budget(tmp_path):
+    planned = plan_points(load_config(DISTILL), {"train.epochs": [1, 3]}, 2, tmp_path)
+    assert [(name, config.train.epochs) for name, _, config in planned] == [
+        ("scratch", 2), ("epochs-1", 1), ("epochs-3", 3)]
+    assert [config.output_dir for _, _, config in planned] == [str(tmp_path / name) for name, _, _ in planned]
 
 
 def test_help_names_the_default_grid():
