@@ -201,10 +201,15 @@ def plan_points(config: RunConfig, grid: Mapping[str, list[Any]], epochs: int,
     for values in itertools.product(*grid.values()):
         settings = dict(zip(grid, values))
         label = ", ".join(f"{key}={value}" for key, value in settings.items())
-        planned.append((point_name(settings), settings, full_config(config, settings, f"grid point {label}")))
+        point = full_config(config, settings, f"grid point {label}")
+        if point.data.val_fraction == 0:
+            raise ConfigError(f"grid point {label}: data.val_fraction 0 leaves no validation split to choose by; "
+                              "remove that value from the grid")
+        planned.append((point_name(settings), settings, point))
     names = [name for name, _, _ in planned]
     if len(set(names)) < len(names):
-        raise ConfigError("two grid values give the same directory name; make the values distinct, e.g. 0.5 and 0.50")
+        raise ConfigError("two grid points get the same directory name: a key lists the same value twice "
+                          "(or two values that differ only in brackets, quotes or spaces); remove one")
     # A grid over train.epochs is a grid over the budget: --epochs does not override it.
     return [(name, settings, _shortened(point, point.train.epochs if "train.epochs" in settings else epochs,
                                         output_dir / name)) for name, settings, point in planned]
@@ -236,10 +241,10 @@ def _plan_record(config: RunConfig, grid: Mapping[str, list[Any]], epochs: int) 
 def _claim(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
     """Refuse a directory that holds another tune, or files that are not a tune's, unless ``overwrite``."""
     record = output_dir / "tune.json"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise RunExistsError(f"tune output directory {output_dir} is a file; choose a directory name")
     if overwrite or not output_dir.exists():
         return
-    if not output_dir.is_dir():
-        raise RunExistsError(f"tune output directory {output_dir} is a file; choose a directory name")
     if record.is_file():
         if json.loads(record.read_text()).get("plan") != plan:
             raise RunExistsError(f"{output_dir} holds another tune (a different config, grid or --epochs); "

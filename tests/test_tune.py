@@ -161,8 +161,10 @@ def test_help_names_the_default_grid():
       ",".join(f"0.{n}" for n in range(8))], ["72 points", "--max-points 72"]),
     ([*GRID, "--set", "data.val_fraction=0"], ["data.val_fraction is 0", "validation"]),
     (["--set", "distill.method=logit_mse"], ["'logit_mse'", "--grid"]),
+    (["--grid", "distill.alpha=0.5,0.5"], ["same value twice"]),
+    (["--grid", "distill.alpha=0.5,0.9", "--grid", "distill={alpha: 0.1}"], ["distill and distill.alpha overlap"]),
 ], ids=["unknown-key", "empty-values", "no-equals", "wrong-type", "too-many-points", "no-val-split",
-        "no-default-grid"])
+        "no-default-grid", "repeated-value", "overlapping-keys"])
 def test_bad_input_is_one_line_and_trains_nothing(extra, fragments, teacher, tmp_path):
     args = ["tune", DISTILL, *extra, "--output-dir", tmp_path / "tune", "--set", f"distill.teacher={teacher}"]
     assert_user_error(invoke(*args), *fragments)
