@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo demo-fashion test bench bench-quick bench-kd clean
+.PHONY: setup data demo demo-fashion tune-fashion test bench bench-quick bench-kd clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ demo: setup
 
 demo-fashion: setup data
 	$(BIN)/distillery demo --dataset fashion-mnist
+
+# Which temperature and alpha pay on Fashion-MNIST: the teacher first (when missing), then 15 epochs a grid point.
+tune-fashion: setup data
+	[ -f runs/fashion_mnist/teacher/model.json ] || $(BIN)/distillery train configs/fashion_mnist_teacher.yaml
+	$(BIN)/distillery tune configs/fashion_mnist_distill.yaml --epochs 15
 
 test: setup data
 	$(BIN)/pytest

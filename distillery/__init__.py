@@ -17,6 +17,7 @@ from distillery.models import build_model
 from distillery.models.checkpoint import load_model
 from distillery.runs import evaluate_checkpoint, run
 from distillery.self_distillation import BornAgainResult, born_again, deep_supervision
+from distillery.tune import TunePoint, TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,8 @@ __all__ = [
     "Result",
     "RunConfig",
     "RunExistsError",
+    "TunePoint",
+    "TuneResult",
     "born_again",
     "build_model",
     "compress_report",
@@ -49,5 +52,6 @@ __all__ = [
     "quantize_model",
     "run",
     "train",
+    "tune",
     "write_report",
 ]

@@ -15,6 +15,7 @@ from distillery.engine.distributed import is_main_process
 from distillery.errors import ConfigError, DistilleryError, TrainingInterrupted
 from distillery.eval.report import write_report
 from distillery.runs import build_teacher_cache, evaluate_checkpoint, resume_config, run
+from distillery.tune import MAX_POINTS, parse_grid, tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a small student model from a large teacher, and measure what it bought.")
@@ -105,6 +106,34 @@ def cache(config: Path = typer.Argument(..., help="Run configuration (YAML) with
           rebuild: bool = typer.Option(False, help="Recompute the teacher's outputs and replace the cache.")) -> None:
     """Compute the teacher's outputs on the config's transfer set once and cache them for later runs."""
     typer.echo(build_teacher_cache(load_config(config, set_), rebuild=rebuild))
+
+
+@app.command("tune")
+@user_errors
+def tune_command(
+        config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
+        grid: List[str] = typer.Option([], "--grid", help="Values to try for a config key, e.g. --grid "
+                                       "distill.temperature=1,2,4 (repeatable: every combination is tried)."),
+        epochs: Optional[int] = typer.Option(None, min=1, help="Epochs of each grid run (default: the config's)."),
+        output_dir: Optional[Path] = typer.Option(None, help="Where the runs and the tune's files go "
+                                                  "(default: the config's output_dir + '-tune')."),
+        final: bool = typer.Option(False, help="Then train the best config at the config's epochs into OUTPUT_DIR/final."),
+        overwrite: bool = typer.Option(False, help="Train every point again; replace another tune in OUTPUT_DIR."),
+        max_points: int = typer.Option(MAX_POINTS, min=1, help="Refuse a grid of more points than this."),
+        set_: List[str] = OVERRIDES, quiet: bool = QUIET) -> None:
+    """Distil once per grid point, and once from scratch; choose the settings by validation accuracy.
+
+    Without --grid: distill.temperature=1,2,4 x distill.alpha=0.1,0.5,0.9 (methods with both).
+    Writes tune.json, tune.md, best.yaml and, for a grid of two keys, the tune.png heat map.
+    """
+    resolved = load_config(config, set_ + (["progress=false"] if quiet else []))
+    result = tune(resolved, parse_grid(grid) if grid else None, epochs=epochs, output_dir=output_dir,
+                  final=final, overwrite=overwrite, max_points=max_points)
+    typer.echo(result.summary)
+    typer.echo(f"table: {result.output_dir / 'tune.md'}; best config: {result.output_dir / 'best.yaml'}")
+    if result.final_run is not None:
+        evaluation = json.loads((result.final_run / "evaluation.json").read_text())
+        typer.echo(f"{result.final_run}: test accuracy {evaluation['accuracy']:.2%} (trained at the config's epochs)")
 
 
 @app.command()
