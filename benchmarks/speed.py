@@ -29,7 +29,7 @@ from distillery.teacher_outputs import plan_transfer
 from distillery.teachers import load_teacher
 
 STUDENTS = {"MLP 128": {"name": "mlp", "hidden": [128]},
-            "tiny CNN 16-32": {"name": "cnn", "channels": [16, 32], "hidden": 32}}
+            "tiny CNN 12-24-48": {"name": "cnn", "channels": [12, 24, 48], "hidden": 32}}
 def one_epoch(method, batches) -> float:
     started = time.perf_counter()
     fit_method(method, batches, epochs=1, lr=0.002, progress=False, seed=0)
