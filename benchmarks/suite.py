@@ -76,9 +76,7 @@ def quick_overrides(quick: bool) -> list[str]:
 def finished_run(document: dict, run_dir: Path, overrides: list[str]) -> dict:
     """Run once (reused when finished with the very same config), then its evaluation with wall time and epoch times."""
     config = build_config({**document, "output_dir": str(run_dir), "progress": False}, overrides)
-    stored = run_dir / "config.yaml"
-    same = stored.is_file() and stored.read_text() == dump_config(config)
-    if not (same and (run_dir / "model.json").is_file()):
+    if not ((run_dir / "model.json").is_file() and same_config(run_dir / "config.yaml", config)):
         started = time.perf_counter()
         run(config, overwrite=True)
         (run_dir / "wall_time_s").write_text(f"{time.perf_counter() - started:.1f}")
@@ -87,6 +85,15 @@ def finished_run(document: dict, run_dir: Path, overrides: list[str]) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evaluation["epoch_time_s"] = statistics.median(record["epoch_time_s"] for record in records)
     return evaluation
+
+
+def same_config(stored: Path, config) -> bool:
+    """Whether a run's stored config asks for the same run; read through today's schema, so settings added
+    since (at their defaults) do not count as a difference, nor does the directory's spelling."""
+    try:
+        return dump_config(load_config(stored).model_copy(update={"output_dir": config.output_dir})) == dump_config(config)
+    except Exception:  # noqa: BLE001 - a config today's schema cannot read is simply not the same
+        return False
 
 
 def student_document(student: dict, distill: dict | None, teacher_dir: Path, epochs: int) -> dict:
