@@ -14,7 +14,8 @@ from distillery.demo import demo as run_demo
 from distillery.engine.distributed import is_main_process
 from distillery.errors import ConfigError, DistilleryError, TrainingInterrupted
 from distillery.eval.report import write_report
-from distillery.runs import build_teacher_cache, evaluate_checkpoint, resume_config, run
+from distillery.resume import resume_config
+from distillery.runs import build_teacher_cache, evaluate_checkpoint, run
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a small student model from a large teacher, and measure what it bought.")
