@@ -31,7 +31,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TrainingInterrupted as error:
-            typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
+            if is_main_process():  # under torchrun every process stops with this; rank 0 says it once
+                typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
             raise typer.Exit(error.exit_code) from None
         except DistilleryError as error:
             typer.echo(f"error: {error}", err=True)

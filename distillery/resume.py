@@ -6,6 +6,7 @@ from pathlib import Path
 from distillery.config import RunConfig, load_config
 from distillery.engine import RunDirectory, resolve_device
 from distillery.engine.device import check_compilable
+from distillery.engine.distributed import DistributedContext
 from distillery.engine.training_state import STATE_DIR, Checkpointer, SavedState, read_training_state
 from distillery.errors import CheckpointError, ConfigError
 
@@ -42,9 +43,11 @@ def check_training_settings(config: RunConfig, method) -> None:
         check_compilable(method)
 
 
-def checkpointer_for(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None) -> Checkpointer:
-    """The run's Checkpointer, numbering its saves on from a resumed state's, with the command that resumes it."""
+def checkpointer_for(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None,
+                     context: DistributedContext) -> Checkpointer:
+    """The run's Checkpointer (one in every process), numbering its saves on from a resumed state's, with the
+    command that resumes the run: under torchrun, a torchrun line that starts as many processes."""
     command = "distill" if config.distill is not None else "train"
     return Checkpointer(run_dir.path / STATE_DIR, every_steps=config.train.checkpoint_every_steps,
-                        resume_hint=f"distillery {command} --resume {run_dir.path}",
+                        resume_hint=f"{context.launcher()} {command} --resume {run_dir.path}",
                         saves=saved.document["saves"] if saved is not None else 0)

@@ -167,7 +167,7 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
     plan.apply_to(method)
     check_training_settings(config, method)
     if saved is not None:
-        saved.check_fits(method)  # on every process: each loads the state before DDP wraps the method
+        saved.check_fits(method, context.world_size)  # on every process: each loads its own part of the state
     if context.is_main and saved is None:
         run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
     elif context.is_main:
@@ -191,7 +191,7 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
                         schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
                         precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
                         on_epoch_end=after_epoch if context.is_main else None, description=metadata["role"],
-                        resume=saved, checkpointer=checkpointer_for(config, run_dir, saved) if context.is_main else None)
+                        resume=saved, checkpointer=checkpointer_for(config, run_dir, saved, context))
     if context.is_main:
         evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
                               latency=config.measure_latency)
