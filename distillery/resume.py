@@ -1,9 +1,10 @@
 """What a config-driven run needs to save its training state and to continue from it (``--resume RUN_DIR``)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-from distillery.config import RunConfig, load_config
+from distillery.config import RunConfig, dump_config, load_config
 from distillery.engine import RunDirectory, resolve_device
 from distillery.engine.device import check_compilable
 from distillery.engine.distributed import DistributedContext
@@ -36,11 +37,19 @@ def refuse_born_again(config: RunConfig, run_name: str) -> None:
                           "state, so it cannot be resumed: start it again with --overwrite")
 
 
-def check_training_settings(config: RunConfig, method) -> None:
-    """Settings fit_method would refuse, refused before the run directory is touched (--overwrite clears it)."""
+def start_or_resume(run_dir: RunDirectory, config: RunConfig, method, saved: SavedState | None, peers: list[str],
+                    context: DistributedContext) -> None:
+    """Refuse what fit_method would refuse and a saved state that does not fit, then let rank 0 start the run
+    directory, or continue it. Only now: a config, teacher or cache error must not touch the directory."""
     resolve_device(config.device)
     if config.train.compile:
         check_compilable(method)
+    if saved is not None:
+        saved.check_fits(method, context.world_size)  # on every process: each loads its own part of the state
+    if context.is_main and saved is None:
+        run_dir.start(dump_config(config))
+    elif context.is_main:
+        run_dir.resume(saved.history, peers)
 
 
 def checkpointer_for(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None,
@@ -51,3 +60,8 @@ def checkpointer_for(config: RunConfig, run_dir: RunDirectory, saved: SavedState
     return Checkpointer(run_dir.path / STATE_DIR, every_steps=config.train.checkpoint_every_steps,
                         resume_hint=f"{context.launcher()} {command} --resume {run_dir.path}",
                         saves=saved.document["saves"] if saved is not None else 0)
+
+
+def discard_state(run_dir: RunDirectory) -> None:
+    """Remove a finished run's training state: its model.json marks it finished, there is nothing to resume."""
+    shutil.rmtree(run_dir.path / STATE_DIR, ignore_errors=True)

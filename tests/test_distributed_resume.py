@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_helpers import assert_user_error, invoke, write_yaml
+from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
 from test_resume import STEPS_PER_EPOCH, assert_same_run, step_config
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -83,3 +84,12 @@ def test_a_sigterm_stops_both_processes_after_the_same_step_and_a_killed_process
     resumed = torchrun("train", "--resume", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(run_dir, reference_run)
+
+
+def test_the_resume_line_starts_as_many_processes(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert DistributedContext(0, 4).launcher() == "torchrun --standalone --nproc_per_node 4 -m distillery"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two machines: their torchrun options are the user's
+    assert DistributedContext(0, 4).launcher() == "torchrun <the launch options, 4 processes in all> -m distillery"
+    assert SINGLE_PROCESS.launcher() == "distillery"
+    assert SINGLE_PROCESS.max_over_ranks(15, torch.device("cpu")) == 15 and SINGLE_PROCESS.gather("x") == ["x"]

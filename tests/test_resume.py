@@ -166,6 +166,16 @@ def test_state_files_are_safetensors_and_json_committed_last(tmp_path, monkeypat
     assert document["world_size"] == 1 and not any(key.startswith("state/ranks/1/") for key in tensors)
 
 
+def test_a_state_of_another_version_is_refused(tmp_path, monkeypatch):
+    output_dir = tmp_path / "run"
+    monkeypatch.setenv("DISTILLERY_TEST_SIGNAL_AT", "3:SIGINT")
+    assert invoke("train", write_yaml(tmp_path / "run.yaml", step_config(output_dir))).exit_code == 130
+    manifest = output_dir / "state" / "state.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 1}))
+    assert_user_error(invoke("train", "--resume", output_dir), "training state version 1", "reads version 2",
+                      "--overwrite")
+
+
 def test_encode_decode_round_trip():
     value = {"state": {0: {"step": torch.tensor(3.0)}}, "betas": (0.9, 0.999), "groups": [{"lr": 0.1}],
              "score": float("-inf"), "none": None}
