@@ -72,7 +72,8 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
     with torch.compile. Neither changes what is saved. ``grad_clip`` caps the gradients' global norm.
     Under torchrun it trains data-parallel: ``batch_size`` (or the given loader's) is the global batch.
     ``checkpointer`` (an :class:`distillery.engine.training_state.Checkpointer`) saves the full training
-    state as training goes; ``resume`` (a state read with ``read_training_state``) continues from one.
+    state as training goes (under torchrun, give every process one: they stop and save together);
+    ``resume`` (a state read with ``read_training_state``) continues from one.
     """
     context = setup_distributed(device)
     train_batches = context.shard(as_batches(train_data, batch_size, shuffle=True, seed=seed), training=True)

@@ -14,7 +14,8 @@ from distillery.demo import demo as run_demo
 from distillery.engine.distributed import is_main_process
 from distillery.errors import ConfigError, DistilleryError, TrainingInterrupted
 from distillery.eval.report import write_report
-from distillery.runs import build_teacher_cache, evaluate_checkpoint, resume_config, run
+from distillery.resume import resume_config
+from distillery.runs import build_teacher_cache, evaluate_checkpoint, run
 from distillery.tune import MAX_POINTS, parse_grid, tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -31,7 +32,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TrainingInterrupted as error:
-            typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
+            if is_main_process():  # under torchrun every process stops with this; rank 0 says it once
+                typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
             raise typer.Exit(error.exit_code) from None
         except DistilleryError as error:
             typer.echo(f"error: {error}", err=True)

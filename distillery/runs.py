@@ -1,7 +1,6 @@
 """Config-driven runs: data, model and method built from a RunConfig, results written to a run directory."""
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 
 from distillery.api import Result, evaluate, fit_method
-from distillery.config import DataConfig, RunConfig, TransferConfig, dump_config, load_config
+from distillery.config import DataConfig, RunConfig, TransferConfig
 from distillery.data.memmap import MemmapInputs
 from distillery.data import (
     ArrayDataset,
@@ -24,15 +23,15 @@ from distillery.data import (
     select_classes,
     train_val_split,
 )
-from distillery.engine import RunDirectory, peer_record, resolve_device
-from distillery.engine.device import check_compilable
+from distillery.engine import RunDirectory, peer_record
 from distillery.engine.distributed import setup_distributed
-from distillery.engine.training_state import STATE_DIR, Checkpointer, SavedState, read_training_state
-from distillery.errors import CheckpointError, ConfigError, DataError, ModelError
+from distillery.engine.training_state import read_training_state
+from distillery.errors import ConfigError, DataError, ModelError
 from distillery.methods import (create_method, method_accepts, method_default, method_uses_teacher_features,
                                method_uses_teacher_logits)
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.checkpoint import load_model
+from distillery.resume import checkpointer_for, discard_state, refuse_born_again, start_or_resume
 from distillery.teachers import load_teacher
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
@@ -135,19 +134,17 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
 
     The full training state is saved in ``<output_dir>/state/`` after every epoch (and every
     ``train.checkpoint_every_steps`` steps); ``resume=True`` continues an unfinished run from it, with the
-    config from :func:`resume_config`, and ends with the weights an uninterrupted run would have.
+    config from :func:`distillery.resume.resume_config`, and ends with the weights an uninterrupted run would have.
 
     Example::
 
         run_dir = run(load_config("configs/digits_distill.yaml"))
         run_dir = run(resume_config("runs/distilled"), resume=True)   # after an interruption
     """
+    if resume:
+        refuse_born_again(config, config.output_dir)
     if config.distill is not None and config.distill.generations is not None:
-        if resume:
-            raise ConfigError("born-again runs (distill.generations) cannot be resumed: their generations keep no "
-                              "training state; start the run again with --overwrite")
         from distillery.generations import run_born_again  # imported here: it builds on this module
-
         return run_born_again(config, overwrite=overwrite)
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
     context = setup_distributed(config.device)  # under torchrun: one process of many, only rank 0 writes
@@ -166,13 +163,7 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
     peer_architectures = _peer_architectures(config, method)
     plan = context.main_first(lambda: _transfer_plan(config, data, teacher))  # rank 0 writes the cache first
     plan.apply_to(method)
-    _check_training_settings(config, method)
-    if saved is not None:
-        saved.check_fits(method)  # on every process: each loads the state before DDP wraps the method
-    if context.is_main and saved is None:
-        run_dir.start(dump_config(config))  # only now: a config, teacher or cache error must not touch the directory
-    elif context.is_main:
-        run_dir.resume(saved.history, list(peer_architectures))
+    start_or_resume(run_dir, config, method, saved, list(peer_architectures), context)
     talk = config.progress and context.is_main
     if plan.note and talk:
         print(plan.note, file=sys.stderr)
@@ -192,7 +183,7 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
                         schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
                         precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
                         on_epoch_end=after_epoch if context.is_main else None, description=metadata["role"],
-                        resume=saved, checkpointer=_checkpointer(config, run_dir, saved) if context.is_main else None)
+                        resume=saved, checkpointer=checkpointer_for(config, run_dir, saved, context))
     if context.is_main:
         evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
                               latency=config.measure_latency)
@@ -201,43 +192,9 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
                                               config.measure_latency)
         run_dir.write_evaluation({"name": run_dir.path.name, "role": metadata["role"], "split": "test", **evaluation})
         run_dir.save_model("model", result.model, {**metadata, "epoch": result.best_epoch, "metrics": result.metrics})
-        shutil.rmtree(run_dir.path / STATE_DIR, ignore_errors=True)  # finished: model.json marks it, no resume needed
+        discard_state(run_dir)
     context.barrier()  # every process returns once the run directory is complete
     return run_dir.path
-
-
-def _check_training_settings(config: RunConfig, method) -> None:
-    """Settings fit_method would refuse, refused before the run directory is touched (--overwrite clears it)."""
-    resolve_device(config.device)
-    if config.train.compile:
-        check_compilable(method)
-
-
-def _checkpointer(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None) -> Checkpointer:
-    command = "distill" if config.distill is not None else "train"
-    return Checkpointer(run_dir.path / STATE_DIR, every_steps=config.train.checkpoint_every_steps,
-                        resume_hint=f"distillery {command} --resume {run_dir.path}",
-                        saves=saved.document["saves"] if saved is not None else 0)
-
-
-def resume_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """The config an unfinished run started with (its ``config.yaml``), writing to ``run_dir`` wherever it is now.
-
-    Example::
-
-        run(resume_config("runs/distilled"), resume=True)
-    """
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        read_training_state(run_dir)  # says why: not a run directory, finished, or nothing saved
-        raise CheckpointError(f"{run_dir} has no config.yaml, so it cannot be resumed; start it again from its config")
-    config = load_config(run_dir / "config.yaml", overrides)
-    if config.distill is not None and config.distill.generations is not None:
-        raise ConfigError(f"{run_dir} is a born-again run (distill.generations); its generations keep no training "
-                          "state, so it cannot be resumed: start it again with --overwrite")
-    read_training_state(run_dir)
-    config.output_dir = str(run_dir)
-    return config
 
 
 def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | None,

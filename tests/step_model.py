@@ -3,7 +3,8 @@
 Two environment variables, read only here, let a test interrupt a run at a chosen or random step without
 changing the run's config: ``DISTILLERY_TEST_STEP_SLEEP=0.02`` sleeps that many seconds per training
 forward (so a test can kill the process at a random step), and ``DISTILLERY_TEST_SIGNAL_AT=30:SIGTERM``
-sends that signal to the process itself during the 30th training forward.
+sends that signal to the process itself during the 30th training forward. Under torchrun, a comma-separated
+list of ``forward:SIGNAL:rank`` (``30:SIGTERM:1,31:SIGTERM:0``) signals each process at its own forward.
 """
 import os
 import signal
@@ -24,9 +25,10 @@ class StepModel(nn.Module):
         if self.training:
             self.training_calls += 1
             time.sleep(float(os.environ.get("DISTILLERY_TEST_STEP_SLEEP", "0")))
-            at, _, name = os.environ.get("DISTILLERY_TEST_SIGNAL_AT", "").partition(":")
-            if at and self.training_calls == int(at):
-                os.kill(os.getpid(), getattr(signal, name))
+            for order in filter(None, os.environ.get("DISTILLERY_TEST_SIGNAL_AT", "").split(",")):
+                at, name, *rank = order.split(":")
+                if self.training_calls == int(at) and rank in ([], [os.environ.get("RANK", "0")]):
+                    os.kill(os.getpid(), getattr(signal, name))
         return self.layers(inputs)
 
 

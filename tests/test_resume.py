@@ -160,9 +160,20 @@ def test_state_files_are_safetensors_and_json_committed_last(tmp_path, monkeypat
     # Saves: steps 5 and 10 (every 5), then the interruption at step 12; only the committed tensors remain.
     assert files == ["state.json", "tensors-3.safetensors"] and document["tensors"] == "tensors-3.safetensors"
     tensors = weights(output_dir / "state" / document["tensors"])
-    assert {"state/rng/torch", "state/model/student.layers.1.weight"} <= set(tensors)
+    assert {"state/ranks/0/rng/torch", "state/model/student.layers.1.weight"} <= set(tensors)
     assert any(key.startswith("state/optimizer/state/") for key in tensors)
     assert document["data_order"] == {"seed": 0, "epoch": 1, "position": 12}
+    assert document["world_size"] == 1 and not any(key.startswith("state/ranks/1/") for key in tensors)
+
+
+def test_a_state_of_another_version_is_refused(tmp_path, monkeypatch):
+    output_dir = tmp_path / "run"
+    monkeypatch.setenv("DISTILLERY_TEST_SIGNAL_AT", "3:SIGINT")
+    assert invoke("train", write_yaml(tmp_path / "run.yaml", step_config(output_dir))).exit_code == 130
+    manifest = output_dir / "state" / "state.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "version": 1}))
+    assert_user_error(invoke("train", "--resume", output_dir), "training state version 1", "reads version 2",
+                      "--overwrite")
 
 
 def test_encode_decode_round_trip():

@@ -109,9 +109,34 @@ class DistributedContext:
             dist.all_reduce(stacked)
         return dict(zip(names, stacked.tolist()))
 
+    def max_over_ranks(self, value: int, device: torch.device) -> int:
+        """The largest of the processes' ``value`` (one collective of one number), the same on every process."""
+        if not self.active:
+            return value
+        largest = torch.tensor([value], dtype=torch.int64, device=device)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+        return int(largest.item())
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (sent pickled between the run's own processes), in rank order, on every one."""
+        if not self.active:
+            return [value]
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
+
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def launcher(self) -> str:
+        """The command that starts this run's processes again: ``distillery``, or torchrun with as many processes."""
+        if not self.active:
+            return "distillery"
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        if per_machine == self.world_size:
+            return f"torchrun --standalone --nproc_per_node {self.world_size} -m distillery"
+        return f"torchrun <the launch options, {self.world_size} processes in all> -m distillery"
 
     def main_first(self, work: Callable[[], Result]) -> Result:
         """``work()`` on rank 0 first, then on each other machine's first process, then on the rest.

@@ -1,7 +1,7 @@
 """The full training state of a run, saved so that an interrupted run continues exactly where it stopped.
 
 ``<run>/state/`` holds ``tensors-<n>.safetensors`` (the method's trainable modules, optimiser moments, the
-best weights so far, the RNG states, the epoch's summed logs) and ``state.json`` (positions, schedules,
+best weights so far, every process's RNG states, the epoch's summed logs) and ``state.json`` (positions, schedules,
 history, and the name of its tensors file). ``state.json`` is written last and atomically: it is the commit
 marker, so a crash while saving leaves the previous complete state. Nothing is pickled or unpickled.
 See docs/run-directory.md.
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from distillery.engine.trainer import Trainer
 
 FORMAT = "distillery-training-state"
+VERSION = 2  # 2: each process's RNG states and summed logs (``ranks``), and their number (``world_size``)
 STATE_DIR = "state"
 STATE_FILE = "state.json"
 # How containers JSON has no form for are written: a tensor by its key in the safetensors file, a tuple,
@@ -131,6 +132,11 @@ class SavedState:
         return self.document["position"]["step"]
 
     @property
+    def world_size(self) -> int:
+        """How many processes trained the run: each one's random generators are in the state."""
+        return self.document["world_size"]
+
+    @property
     def history(self) -> list[dict[str, Any]]:
         """The epoch records up to the saved state (plain JSON: they hold no tensors)."""
         return self.document["payload"]["result"]["history"]
@@ -145,22 +151,33 @@ class SavedState:
     def restore(self, trainer: "Trainer") -> tuple[FitResult, int, EpochProgress | None]:
         """Load weights, optimiser, schedule, step count and RNG states into ``trainer``; returns the result so
         far, the epoch to continue with, and that epoch's progress (None: it starts from its first batch)."""
+        self.check_world_size(trainer.distributed.world_size)
         payload, position = self.payload(), self.document["position"]
         if position["epochs"] != trainer.epochs:
             raise CheckpointError(f"{self.path} was saved by a run of {position['epochs']} epochs, not "
                                   f"{trainer.epochs}; resume with the run's own config.yaml")
         self._load_modules(trainer, payload)
         trainer.global_step = position["global_step"]
-        set_rng_states(payload["rng"])
+        own = payload["ranks"][trainer.distributed.rank]  # this process's generators and share of the epoch's logs
+        set_rng_states(own["rng"])
         result = _result_from(payload["result"])
         if position["epoch_done"]:
             return result, position["epoch"] + 1, None
         progress = payload["progress"]
         return result, position["epoch"], EpochProgress(lr=progress["lr"], step=position["step"],
-                                                        seen=progress["seen"], totals=progress["totals"])
+                                                        seen=own["seen"], totals=own["totals"])
 
-    def check_fits(self, method: torch.nn.Module) -> None:
-        """Refuse, before anything is written, a state saved for other modules (the config was edited)."""
+    def check_world_size(self, world_size: int) -> None:
+        """Refuse to continue on another number of processes: their random generators could not go on as saved."""
+        if world_size != self.world_size:
+            how = f"torchrun --nproc_per_node {self.world_size}" if self.world_size > 1 else "one process (no torchrun)"
+            raise CheckpointError(f"{self.path} was saved by a run of {self.world_size} process(es), but this one has "
+                                  f"{world_size}; resume with {how}, as the run started")
+
+    def check_fits(self, method: torch.nn.Module, world_size: int = 1) -> None:
+        """Refuse, before anything is written, a state saved for other modules (the config was edited) or for
+        another number of processes."""
+        self.check_world_size(world_size)
         expected = {key: tuple(value.shape) for key, value in trainable_state(method).items()}
         saved = {key: tuple(self.tensors[ref[TENSOR]].shape) if isinstance(ref, dict) and ref.get(TENSOR) in self.tensors
                  else None for key, ref in self.document["payload"]["model"].items()}
@@ -210,6 +227,9 @@ def read_training_state(run_dir: str | Path) -> SavedState:
         raise CheckpointError(f"{manifest} is not valid JSON ({error}); start the run again with --overwrite") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT or not isinstance(document.get("tensors"), str):
         raise CheckpointError(f"{manifest} is not a distillery training state; start the run again with --overwrite")
+    if document.get("version") != VERSION:
+        raise CheckpointError(f"{manifest} is training state version {document.get('version')}, this distillery "
+                              f"reads version {VERSION}; start the run again with --overwrite")
     tensors_path = manifest.parent / Path(document["tensors"]).name
     try:
         tensors = load_file(str(tensors_path))
@@ -222,6 +242,11 @@ def read_training_state(run_dir: str | Path) -> SavedState:
 class Checkpointer:
     """Saves the training state every ``every_steps`` optimiser steps and after every epoch, and turns SIGINT
     and SIGTERM into a clean stop: the current step finishes, the state is saved, TrainingInterrupted is raised.
+
+    Under torchrun every process has one: each catches the signal torchrun forwards to it, after every step
+    the processes agree (one all-reduce of one number) to stop if any caught one, all of them send rank 0
+    their random generators' states, rank 0 writes the state, and every process raises the same
+    TrainingInterrupted once it is written.
 
     Example::
 
@@ -251,46 +276,68 @@ class Checkpointer:
         try:
             yield
         finally:
+            # Under torchrun the first process to exit makes torchrun send SIGTERM to the others: once the state
+            # is saved, a process that stops anyway ignores it and exits with the agreed code.
+            ignore = self.signal is not None and trainer.distributed.active
             for number, handler in previous.items():
-                signal.signal(number, handler)
+                signal.signal(number, signal.SIG_IGN if ignore else handler)
             self._trainer = self._result = self._batches = None
 
     def _request_stop(self, number: int, frame: Any) -> None:
         if self.signal is not None:
             raise KeyboardInterrupt  # asked twice: stop now, without saving
         self.signal = number
-        print(f"{signal.Signals(number).name}: finishing the current step and saving the training state "
-              "(send it again to stop at once)", file=sys.stderr)
+        if self._trainer is None or self._trainer.distributed.is_main:
+            print(f"{signal.Signals(number).name}: finishing the current step and saving the training state "
+                  "(send it again to stop at once)", file=sys.stderr)
 
     def after_step(self, epoch: int, progress: EpochProgress) -> None:
+        self._agree_on_stopping()
         every = self.every_steps is not None and self._trainer.global_step % self.every_steps == 0
         if every or self.signal is not None:
             self.save(epoch, progress, epoch_done=False)
         self._stop_if_asked(epoch, progress.step)
 
     def after_epoch(self, epoch: int, progress: EpochProgress) -> None:
+        self._agree_on_stopping()  # a signal may have come during validation
         self.save(epoch, progress, epoch_done=True)
         self._stop_if_asked(epoch, progress.step)
 
+    def _agree_on_stopping(self) -> None:
+        """Every process takes the highest signal number any process caught (none: 0), so all stop after the
+        same step with the same exit code, however the forwarded signals fell between their steps."""
+        trainer = self._trainer
+        self.signal = trainer.distributed.max_over_ranks(self.signal or 0, trainer.device) or None
+
     def _stop_if_asked(self, epoch: int, step: int) -> None:
         if self.signal is not None:
+            # No process leaves before rank 0 has written the state: torchrun stops the others when one exits.
+            self._trainer.distributed.barrier()
             raise TrainingInterrupted(f"interrupted at epoch {epoch} step {step}; resume with: {self.resume_hint}",
                                       exit_code=128 + self.signal)
 
-    def save(self, epoch: int, progress: EpochProgress, *, epoch_done: bool) -> Path:
-        """Write a tensors file, then commit it by writing state.json; older tensors files are removed after."""
+    def save(self, epoch: int, progress: EpochProgress, *, epoch_done: bool) -> Path | None:
+        """Write a tensors file, then commit it by writing state.json; older tensors files are removed after.
+
+        Called on every process: each sends rank 0 its RNG states and its share of the epoch's summed logs;
+        rank 0 writes and returns state.json's path, the others return None.
+        """
         trainer = self._trainer
+        ranks = trainer.distributed.gather({"rng": rng_states(), "seen": progress.seen,
+                                            "totals": {name: total.cpu() for name, total in progress.totals.items()}})
+        self.saves += 1
+        if not trainer.distributed.is_main:
+            return None
         payload = {"model": trainable_state(trainer.method), "optimizer": trainer.optimizer.state_dict(),
                    "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-                   "rng": rng_states(), "result": _result_payload(self._result),
-                   "progress": {"lr": progress.lr, "seen": progress.seen, "totals": progress.totals}}
+                   "ranks": ranks, "result": _result_payload(self._result), "progress": {"lr": progress.lr}}
         tensors: dict[str, torch.Tensor] = {}
         encoded = encode(payload, tensors, "state")
-        self.saves += 1
         name = f"tensors-{self.saves}.safetensors"
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.directory / name, lambda path: save_file(tensors, str(path)))
-        document = {"format": FORMAT, "version": 1, "tensors": name, "saves": self.saves,
+        document = {"format": FORMAT, "version": VERSION, "tensors": name, "saves": self.saves,
+                    "world_size": trainer.distributed.world_size,
                     "position": {"epoch": epoch, "step": progress.step, "epoch_done": epoch_done,
                                  "global_step": trainer.global_step, "epochs": trainer.epochs},
                     "data_order": {"seed": getattr(self._batches, "seed", None), "epoch": epoch,
