@@ -73,10 +73,13 @@ def quick_overrides(quick: bool) -> list[str]:
     return ["data.train_limit=4000", f"data.test_limit={QUICK_TEST_LIMIT}"] if quick else []
 
 
-def finished_run(document: dict, run_dir: Path, overrides: list[str]) -> dict:
-    """Run once (reused when finished with the very same config), then its evaluation with wall time and epoch times."""
+def finished_run(document: dict, run_dir: Path, overrides: list[str], collect: bool = False) -> dict | None:
+    """Run once (reused when finished with the very same config), then its evaluation with wall time and epoch
+    times; with ``collect``, None for a run not finished instead of training it."""
     config = build_config({**document, "output_dir": str(run_dir), "progress": False}, overrides)
     if not ((run_dir / "model.json").is_file() and same_config(run_dir / "config.yaml", config)):
+        if collect:
+            return None
         started = time.perf_counter()
         run(config, overwrite=True)
         (run_dir / "wall_time_s").write_text(f"{time.perf_counter() - started:.1f}")
@@ -141,13 +144,17 @@ def method_rows(args, teacher_dir: Path, teacher_accuracy: float) -> dict:
             for seed in args.seeds:
                 slug = f"{student['kind']}-{method_name.split(' (')[0].replace(' ', '_').replace('+', 'and')}-s{seed}"
                 document = student_document(student, distill, teacher_dir, epochs)
-                evaluations.append(finished_run(document, args.out / slug, [f"seed={seed}", *args.slice]))
-                print(f"{student_name} | {method_name} | seed {seed}: {evaluations[-1]['accuracy']:.2%}", flush=True)
+                evaluation = finished_run(document, args.out / slug, [f"seed={seed}", *args.slice], args.collect)
+                if evaluation is not None:
+                    evaluations.append(evaluation)
+                    print(f"{student_name} | {method_name} | seed {seed}: {evaluation['accuracy']:.2%}", flush=True)
+            if not evaluations:
+                continue
             rows[f"{student_name} | {method_name}"] = {"student": student_name, "method": method_name,
                                                        "epochs": epochs, **summarise(evaluations)}
     for row in rows.values():
-        scratch = rows[f"{row['student']} | from scratch"]["accuracy"]
-        gap = teacher_accuracy - scratch
+        scratch = rows.get(f"{row['student']} | from scratch", {}).get("accuracy")
+        gap = teacher_accuracy - scratch if scratch is not None else 0.0
         row["gap_closed"] = (row["accuracy"] - scratch) / gap if gap > 0 else None
     return rows
 
@@ -159,15 +166,21 @@ def sweep(args, teacher_dir: Path) -> dict:
         for alpha in args.sweep["alpha"]:
             distill = {"method": "hinton", "temperature": temperature, "alpha": alpha}
             document = student_document(student, distill, teacher_dir, args.epochs["mlp"])
-            evaluation = finished_run(document, args.out / f"sweep-T{temperature:g}-a{alpha:g}", ["seed=0", *args.slice])
+            evaluation = finished_run(document, args.out / f"sweep-T{temperature:g}-a{alpha:g}", ["seed=0", *args.slice],
+                                      args.collect)
+            if evaluation is None:
+                return None  # a heat map with holes says less than none
             grid[f"{temperature:g},{alpha:g}"] = evaluation["accuracy"]
             print(f"sweep T {temperature:g} alpha {alpha:g}: {evaluation['accuracy']:.2%}", flush=True)
     return grid
 
 
-def helper_script(name: str, arguments: list[str]) -> dict:
-    """Run benchmarks/<name>.py in its own process (its peak memory is its own) and read its JSON."""
+def helper_script(name: str, arguments: list[str], collect: bool = False) -> dict | None:
+    """Run benchmarks/<name>.py in its own process (its peak memory is its own) and read its JSON; with
+    ``collect``, only read the JSON of an earlier run (None if there is none)."""
     out = arguments[arguments.index("--out") + 1]
+    if collect:
+        return json.loads(Path(out).read_text()) if Path(out).is_file() else None
     subprocess.run([sys.executable, str(ROOT / f"benchmarks/{name}.py"), *arguments], check=True)
     return json.loads(Path(out).read_text())
 
@@ -183,6 +196,8 @@ def main() -> None:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="what to run (all)")
     parser.add_argument("--only", nargs="+", metavar="KIND:METHOD",
                         help="run only these rows, e.g. cnn:attention (a kind, mlp or cnn, and a method name's start)")
+    parser.add_argument("--collect", action="store_true",
+                        help="train and time nothing: write the section from the runs and probes already finished")
     parser.add_argument("--epochs-mlp", type=int, default=40, help="the MLP student's budget, every row alike")
     parser.add_argument("--epochs-cnn", type=int, default=20, help="the tiny CNN's budget, every row alike")
     args = parser.parse_args()
@@ -208,14 +223,16 @@ def main() -> None:
     rows = method_rows(args, teacher_dir, teacher["accuracy"]) if "methods" in args.parts else {}
     grid = sweep(args, teacher_dir) if "sweep" in args.parts else None
     quick = ["--quick"] if args.quick else []
-    speed = helper_script("speed", ["--teacher", str(teacher_dir), "--out", str(args.out / "speed.json"), *quick]) \
+    speed = helper_script("speed", ["--teacher", str(teacher_dir), "--out", str(args.out / "speed.json"), *quick],
+                          args.collect) \
         if "speed" in args.parts else None
     reference = helper_script("reference_loop", ["--out", str(args.out / "reference.json"),
-                                                 *(["--repeats", "1", "--train-limit", "4000"] if args.quick else [])]) \
+                                                 *(["--repeats", "1", "--train-limit", "4000"] if args.quick else [])],
+                              args.collect) \
         if "reference" in args.parts else None
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     result = {"machine": machine(), "commit": commit.strip(), "command": " ".join(["python", *sys.argv]),
-              "quick": args.quick, "seeds": args.seeds, "epochs": args.epochs, "teacher": teacher,
+              "quick": args.quick, "collected": args.collect, "seeds": args.seeds, "epochs": args.epochs, "teacher": teacher,
               "rows": rows, "sweep": grid, "speed": speed, "reference": reference,
               "suite_wall_time_s": time.perf_counter() - started}
     (args.out / "suite.json").write_text(json.dumps(result, indent=2))

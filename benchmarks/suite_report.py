@@ -58,10 +58,11 @@ def method_bars(result: dict, path: Path) -> Path:
     return path
 
 
-def _accuracy(row: dict) -> str:
+def _accuracy(row: dict, seeds: int) -> str:
     if len(row["values"]) == 1:
         return f"{row['accuracy']:.2%} (1 seed)"
-    return f"{row['accuracy']:.2%} ± {row['std']:.2%}"
+    short = f" ({len(row['values'])} seeds)" if len(row["values"]) < seeds else ""
+    return f"{row['accuracy']:.2%} ± {row['std']:.2%}{short}"
 
 
 def _methods_table(result: dict) -> list[str]:
@@ -69,7 +70,7 @@ def _methods_table(result: dict) -> list[str]:
              "batch-256 throughput | train wall time |", "|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"].values():
         gap = "–" if row["method"] == "from scratch" or row["gap_closed"] is None else f"{row['gap_closed']:+.0%}"
-        lines.append(f"| {row['student']} | {row['method']} | {_accuracy(row)} | {gap} | "
+        lines.append(f"| {row['student']} | {row['method']} | {_accuracy(row, len(result['seeds']))} | {gap} | "
                      f"{row['parameters']:,} | {row['size_bytes'] / 1024:.0f} KiB | {row['batch1_ms']:.3f} ms | "
                      f"{row['batch256_per_s']:,.0f}/s | {row['wall_time_s']:.0f} s |")
     return lines
@@ -103,7 +104,10 @@ def markdown(result: dict, plots: dict[str, Path], relative_to: Path) -> str:
     reference = result["reference"]
     lines = [f"Machine: {result['machine']}. Commit `{result['commit']}`. Command: `{result['command']}`"
              f"{' (quick: a slice of the data and short budgets)' if result['quick'] else ''}. "
-             f"Seeds {result['seeds']}; suite wall time {result['suite_wall_time_s'] / 60:.0f} min.", "",
+             f"Seeds {result['seeds']}; " + (
+                 "collected from the runs already finished, each trained by the suite's own code (a row's "
+                 "settings are in its run directory's config.yaml)." if result.get("collected")
+                 else f"suite wall time {result['suite_wall_time_s'] / 60:.0f} min."), "",
              f"Teacher: {teacher['accuracy']:.2%} test accuracy, {teacher['parameters']:,} parameters. "
              "Gap closed = (distilled − scratch) / (teacher − scratch), on the mean accuracies.", "",
              *_methods_table(result), ""]
