@@ -94,9 +94,20 @@ def same_config(stored: Path, config) -> bool:
     """Whether a run's stored config asks for the same run; read through today's schema, so settings added
     since (at their defaults) do not count as a difference, nor does the directory's spelling."""
     try:
-        return dump_config(load_config(stored).model_copy(update={"output_dir": config.output_dir})) == dump_config(config)
+        return dump_config(_spelled_alike(load_config(stored), config.output_dir)) == \
+            dump_config(_spelled_alike(config, config.output_dir))
     except Exception:  # noqa: BLE001 - a config today's schema cannot read is simply not the same
         return False
+
+
+def _spelled_alike(config, output_dir):
+    """The config with the given output_dir and its teacher paths absolute (the suite runs from the repository
+    root), so spelling alone never differs."""
+    if config.distill is not None and config.distill.teacher is not None:
+        teachers = config.distill.teacher
+        absolute = [str((ROOT / t).resolve()) for t in teachers] if isinstance(teachers, list) else str((ROOT / teachers).resolve())
+        config = config.model_copy(update={"distill": config.distill.model_copy(update={"teacher": absolute})})
+    return config.model_copy(update={"output_dir": output_dir})
 
 
 def student_document(student: dict, distill: dict | None, teacher_dir: Path, epochs: int) -> dict:
