@@ -105,7 +105,8 @@ def _spelled_alike(config, output_dir):
     root), so spelling alone never differs."""
     if config.distill is not None and config.distill.teacher is not None:
         teachers = config.distill.teacher
-        absolute = [str((ROOT / t).resolve()) for t in teachers] if isinstance(teachers, list) else str((ROOT / teachers).resolve())
+        absolute = ([str((ROOT / t).resolve()) for t in teachers] if isinstance(teachers, list)
+                    else str((ROOT / teachers).resolve()))
         config = config.model_copy(update={"distill": config.distill.model_copy(update={"teacher": absolute})})
     return config.model_copy(update={"output_dir": output_dir})
 
