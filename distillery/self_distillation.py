@@ -16,9 +16,11 @@ from torch import nn
 
 from distillery.api import Result, as_batches, fit_method
 from distillery.config import LOGIT_METHODS
+from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine.trainer import EpochCallback, unpack_batch
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import Method, create_method
+from distillery.teachers.precomputed import precompute_logits
 
 GenerationCallback = Callable[[int, Result], None]
 
@@ -38,7 +40,7 @@ class BornAgainResult:
 def born_again(model_factory: Callable[[], nn.Module], train_data: Any, val_data: Any = None, *,
                generations: int, teacher: nn.Module | None = None, method: str = "hinton",
                temperature: float | None = None, alpha: float | None = None, label_smoothing: float = 0.0,
-               method_options: dict[str, Any] | None = None, seed: int = 0,
+               method_options: dict[str, Any] | None = None, seed: int = 0, teacher_once: bool = True,
                on_epoch_end: EpochCallback | None = None, on_generation_end: GenerationCallback | None = None,
                **options: Any) -> BornAgainResult:
     """Born-again networks (Furlanello et al. 2018): each generation of one architecture distils from the last.
@@ -50,6 +52,10 @@ def born_again(model_factory: Callable[[], nn.Module], train_data: Any, val_data
     ``on_generation_end(g, result)`` is told when generation ``g`` is done. Training options as
     for :func:`distillery.train`; they apply to every generation. A generation that has taught the
     next stays frozen and in eval mode, as every teacher is.
+
+    When ``train_data`` is an ArrayDataset or a BatchIterator without augmentation, each generation's
+    teacher runs once over it and its logits are looked up by index (``teacher_once=False``: live on
+    every batch), as :func:`distillery.distill` does.
 
     Example::
 
@@ -82,8 +88,10 @@ def born_again(model_factory: Callable[[], nn.Module], train_data: Any, val_data
     for generation in range(1, generations + 1):
         torch.manual_seed(seed + generation)
         student = _fresh_model(model_factory, [result.model for result in results])
-        results.append(train_generation(generation, build_distiller(method, student, results[-1].model,
-                                                                     distiller_options)))
+        distiller = build_distiller(method, student, results[-1].model, distiller_options)
+        if teacher_once:
+            _run_teacher_once(distiller, results[-1].model, train_data)
+        results.append(train_generation(generation, distiller))
         if on_generation_end is not None:
             on_generation_end(generation, results[-1])
     return BornAgainResult(results)
@@ -95,6 +103,20 @@ def build_distiller(method: str, student: nn.Module, teacher: nn.Module, options
         raise ConfigError(f"born-again generations need a logit method ({', '.join(LOGIT_METHODS)}), "
                           f"not {method!r}")
     return create_method(method, student, teacher, **options)
+
+
+def _run_teacher_once(distiller: Method, teacher: nn.Module, train_data: Any) -> None:
+    """Give the distiller the teacher's logits over a deterministic transfer set, placed by sample index;
+    other data (a DataLoader, augmented batches) leaves the teacher running live."""
+    if isinstance(train_data, ArrayDataset):
+        dataset, transform = train_data, None
+    elif isinstance(train_data, BatchIterator) and train_data.augmentation is None:
+        dataset, transform = train_data.dataset, train_data.transform
+    else:
+        return
+    if hasattr(distiller, "use_precomputed_teacher_logits"):
+        distiller.use_precomputed_teacher_logits(
+            precompute_logits(teacher, BatchIterator(dataset, 512, transform=transform), len(dataset)))
 
 
 def _fresh_model(model_factory: Callable[[], nn.Module], earlier: list[nn.Module]) -> nn.Module:

@@ -237,6 +237,38 @@ def test_a_given_teacher_is_generation_zero():
     assert teachers == [teacher] and len(result.generations) == 2
 
 
+def counting_teacher_factory(counts):
+    """make_mlp whose models count the samples they see in eval mode: as a teacher, or being validated."""
+    def factory():
+        built = make_mlp()
+        built.register_forward_hook(lambda module, inputs, output:
+                                    None if module.training else counts.__setitem__(id(module), counts.get(id(module), 0)
+                                                                                     + len(inputs[0])))
+        return built
+    return factory
+
+
+@pytest.mark.parametrize("teacher_once, passes", [(True, 1), (False, 3)])
+def test_a_generation_teacher_runs_once_over_a_fixed_transfer_set(teacher_once, passes):
+    inputs, labels = batch(40, input_shape=(6,), seed=1)
+    data = distillery.ArrayDataset(inputs, labels, ["a", "b", "c"])
+    counts = {}
+    result = distillery.born_again(counting_teacher_factory(counts), data, generations=1, epochs=3, batch_size=8,
+                                   progress=False, teacher_once=teacher_once)
+    # Generation 0 saw nothing in eval mode while it trained (no validation data): every sample counted is
+    # one it gave generation 1 as a teacher.
+    assert counts.get(id(result.generations[0].model)) == passes * len(data)
+
+
+def test_a_generation_taught_from_precomputed_logits_learns_what_a_live_teacher_teaches():
+    inputs, labels = batch(40, input_shape=(6,), seed=1)
+    data = distillery.ArrayDataset(inputs, labels, ["a", "b", "c"])
+    once, live = (distillery.born_again(make_mlp, data, generations=1, epochs=3, batch_size=8, progress=False,
+                                        teacher_once=flag, seed=3) for flag in (True, False))
+    for mine, theirs in zip(once.model.parameters(), live.model.parameters()):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("options, error, fragment", [
     ({"method": "fitnet"}, ConfigError, "logit method"),
     ({"method": "hinton", "method_options": {"beta": 1.0}}, ConfigError, "does not take beta"),
