@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from distillery.config import build_config, dump_config, load_config
+from distillery.eval.latency import measure_latency
+from distillery.models.checkpoint import load_model
 from suite_report import write_section
 from distillery.runs import evaluate_checkpoint, run
 
@@ -159,16 +161,32 @@ def method_rows(args, teacher_dir: Path, teacher_accuracy: float) -> dict:
                 evaluation = finished_run(document, args.out / slug, [f"seed={seed}", *args.slice], args.collect)
                 if evaluation is not None:
                     evaluations.append(evaluation)
+                    model_dir = args.out / slug
                     print(f"{student_name} | {method_name} | seed {seed}: {evaluation['accuracy']:.2%}", flush=True)
             if not evaluations:
                 continue
             rows[f"{student_name} | {method_name}"] = {"student": student_name, "method": method_name,
-                                                       "epochs": epochs, **summarise(evaluations)}
+                                                       "epochs": epochs, "model_dir": str(model_dir),
+                                                       **summarise(evaluations)}
     for row in rows.values():
         scratch = rows.get(f"{row['student']} | from scratch", {}).get("accuracy")
         gap = teacher_accuracy - scratch if scratch is not None else 0.0
         row["gap_closed"] = (row["accuracy"] - scratch) / gap if gap > 0 else None
     return rows
+
+
+def measure_latency_again(rows: dict, rounds: int = 3) -> None:
+    """Time every row's model (its last seed's) again in this one process, round-robin over the rows, and keep
+    the medians: the rows' latencies are then measured side by side, also for runs trained on shared cores
+    or collected from earlier sessions."""
+    models = {key: load_model(row["model_dir"]) for key, row in rows.items()}
+    samples: dict = {key: [] for key in rows}
+    for _ in range(rounds):
+        for key, (model, metadata) in models.items():
+            samples[key].append(measure_latency(model, metadata["input_shape"]))
+    for key, row in rows.items():
+        row["batch1_ms"] = statistics.median(s["batch1_median_ms"] for s in samples[key])
+        row["batch256_per_s"] = statistics.median(s["batch256_samples_per_s"] for s in samples[key])
 
 
 def sweep(args, teacher_dir: Path) -> dict:
@@ -233,6 +251,7 @@ def main() -> None:
         teacher = evaluate_checkpoint(teacher_dir, test_limit=QUICK_TEST_LIMIT, latency=True)
 
     rows = method_rows(args, teacher_dir, teacher["accuracy"]) if "methods" in args.parts else {}
+    measure_latency_again(rows)
     grid = sweep(args, teacher_dir) if "sweep" in args.parts else None
     quick = ["--quick"] if args.quick else []
     speed = helper_script("speed", ["--teacher", str(teacher_dir), "--out", str(args.out / "speed.json"), *quick],

@@ -115,7 +115,10 @@ def markdown(result: dict, plots: dict[str, Path], relative_to: Path) -> str:
                  "settings are in its run directory's config.yaml)." if result.get("collected")
                  else f"suite wall time {result['suite_wall_time_s'] / 60:.0f} min."), "",
              f"Teacher: {teacher['accuracy']:.2%} test accuracy, {teacher['parameters']:,} parameters. "
-             "Gap closed = (distilled − scratch) / (teacher − scratch), on the mean accuracies.", "",
+             "Gap closed = (distilled − scratch) / (teacher − scratch), on the mean accuracies." + (
+                 " Latency and throughput: every row's model timed by the suite at its end, one row after "
+                 "another, medians of 3 rounds (one seed's model; the seeds share the architecture)."
+                 if result["rows"] else ""), "",
              *_methods_table(result), ""]
     if "methods" in plots:
         lines += [f"![methods]({_link(plots['methods'], relative_to)})", ""]
