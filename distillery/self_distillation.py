@@ -110,7 +110,8 @@ def _run_teacher_once(distiller: Method, teacher: nn.Module, train_data: Any) ->
     other data (a DataLoader, augmented batches) leaves the teacher running live."""
     if isinstance(train_data, ArrayDataset):
         dataset, transform = train_data, None
-    elif isinstance(train_data, BatchIterator) and train_data.augmentation is None:
+    elif isinstance(train_data, BatchIterator) and (train_data.augmentation is None
+                                                    or not train_data.augmentation.enabled):
         dataset, transform = train_data.dataset, train_data.transform
     else:
         return

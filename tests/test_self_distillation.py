@@ -11,6 +11,7 @@ import distillery
 from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from distillery.api import fit_method
 from distillery.config import LOGIT_METHODS, build_config
+from distillery.data import Augmentation
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import METHODS, DeepSupervision, create_method
 from distillery.methods.hooks import capture_features
@@ -249,15 +250,18 @@ def counting_teacher_factory(counts):
 
 
 @pytest.mark.parametrize("teacher_once, passes", [(True, 1), (False, 3)])
-def test_a_generation_teacher_runs_once_over_a_fixed_transfer_set(teacher_once, passes):
+@pytest.mark.parametrize("as_batches", [False, True], ids=["dataset", "batches with augmentation off"])
+def test_a_generation_teacher_runs_once_over_a_fixed_transfer_set(teacher_once, passes, as_batches):
     inputs, labels = batch(40, input_shape=(6,), seed=1)
     data = distillery.ArrayDataset(inputs, labels, ["a", "b", "c"])
+    if as_batches:  # as a config run passes them: an Augmentation that is switched off
+        data = distillery.BatchIterator(data, 8, shuffle=True, augmentation=Augmentation())
     counts = {}
     result = distillery.born_again(counting_teacher_factory(counts), data, generations=1, epochs=3, batch_size=8,
                                    progress=False, teacher_once=teacher_once)
     # Generation 0 saw nothing in eval mode while it trained (no validation data): every sample counted is
     # one it gave generation 1 as a teacher.
-    assert counts.get(id(result.generations[0].model)) == passes * len(data)
+    assert counts.get(id(result.generations[0].model)) == passes * len(inputs)
 
 
 def test_a_generation_taught_from_precomputed_logits_learns_what_a_live_teacher_teaches():
