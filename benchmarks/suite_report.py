@@ -117,7 +117,9 @@ def markdown(result: dict, plots: dict[str, Path], relative_to: Path) -> str:
              f"Teacher: {teacher['accuracy']:.2%} test accuracy, {teacher['parameters']:,} parameters. "
              "Gap closed = (distilled − scratch) / (teacher − scratch), on the mean accuracies." + (
                  " Latency and throughput: every row's model timed by the suite at its end, one row after "
-                 "another, medians of 3 rounds (one seed's model; the seeds share the architecture)."
+                 "another, 1,000 single-sample calls (median) and 30 batches of 256 per round, the best "
+                 f"round kept (of {1 if result['quick'] else 5}), since the shared machine's interference only slows (one "
+                 "seed's model; the seeds share the architecture)."
                  if result["rows"] else ""), "",
              *_methods_table(result), ""]
     if "methods" in plots:
