@@ -140,9 +140,10 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
     "dist". Further method keywords (``standardize``, ``nckd_weight``, ...) go in ``method_options``;
     None means the method's default. Training options as for :func:`train`.
 
-    When ``train_data`` is an ArrayDataset (fixed inputs, known sample indices) the teacher runs once over
-    it before training and its logits are looked up by index every epoch (``teacher_once=False`` runs it
-    live on every batch instead). Other data, such as a DataLoader, always meets the live teacher.
+    When ``train_data`` is an ArrayDataset (fixed inputs, known sample indices), or a BatchIterator over one
+    with augmentation off, the teacher runs once over it before training and its logits are looked up by
+    index every epoch (``teacher_once=False`` runs it live on every batch instead). Other data, such as a
+    DataLoader, always meets the live teacher.
 
     Example::
 
@@ -152,11 +153,26 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
     torch.manual_seed(seed)
     built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
                           label_smoothing=label_smoothing, **(method_options or {}))
-    if teacher_once and isinstance(train_data, ArrayDataset) and hasattr(built, "use_precomputed_teacher_logits"):
-        teacher.to(resolve_device(options.get("device", "auto")))
-        built.use_precomputed_teacher_logits(
-            precompute_logits(teacher, BatchIterator(train_data, 512), len(train_data)))
+    if teacher_once:
+        run_teacher_once(built, teacher, train_data, options.get("device", "auto"))
     return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
+
+
+def run_teacher_once(method: Method, teacher: nn.Module, train_data: Any, device: str = "auto") -> None:
+    """Give ``method`` the teacher's logits over a deterministic transfer set (an ArrayDataset, or a
+    BatchIterator whose augmentation is off), placed by sample index; other data (a DataLoader, augmented
+    batches) leaves the teacher running live."""
+    if isinstance(train_data, ArrayDataset):
+        dataset, transform = train_data, None
+    elif isinstance(train_data, BatchIterator) and (train_data.augmentation is None
+                                                    or not train_data.augmentation.enabled):
+        dataset, transform = train_data.dataset, train_data.transform
+    else:
+        return
+    if hasattr(method, "use_precomputed_teacher_logits"):
+        teacher.to(resolve_device(device))
+        method.use_precomputed_teacher_logits(
+            precompute_logits(teacher, BatchIterator(dataset, 512, transform=transform), len(dataset)))
 
 
 def mutual(models: Sequence[nn.Module], train_data: Any, val_data: Any = None, *, temperature: float | None = None,

@@ -14,13 +14,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from distillery.api import Result, as_batches, fit_method
+from distillery.api import Result, as_batches, fit_method, run_teacher_once
 from distillery.config import LOGIT_METHODS
-from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine.trainer import EpochCallback, unpack_batch
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import Method, create_method
-from distillery.teachers.precomputed import precompute_logits
 
 GenerationCallback = Callable[[int, Result], None]
 
@@ -90,7 +88,7 @@ def born_again(model_factory: Callable[[], nn.Module], train_data: Any, val_data
         student = _fresh_model(model_factory, [result.model for result in results])
         distiller = build_distiller(method, student, results[-1].model, distiller_options)
         if teacher_once:
-            _run_teacher_once(distiller, results[-1].model, train_data)
+            run_teacher_once(distiller, results[-1].model, train_data, options.get("device", "auto"))
         results.append(train_generation(generation, distiller))
         if on_generation_end is not None:
             on_generation_end(generation, results[-1])
@@ -103,21 +101,6 @@ def build_distiller(method: str, student: nn.Module, teacher: nn.Module, options
         raise ConfigError(f"born-again generations need a logit method ({', '.join(LOGIT_METHODS)}), "
                           f"not {method!r}")
     return create_method(method, student, teacher, **options)
-
-
-def _run_teacher_once(distiller: Method, teacher: nn.Module, train_data: Any) -> None:
-    """Give the distiller the teacher's logits over a deterministic transfer set, placed by sample index;
-    other data (a DataLoader, augmented batches) leaves the teacher running live."""
-    if isinstance(train_data, ArrayDataset):
-        dataset, transform = train_data, None
-    elif isinstance(train_data, BatchIterator) and (train_data.augmentation is None
-                                                    or not train_data.augmentation.enabled):
-        dataset, transform = train_data.dataset, train_data.transform
-    else:
-        return
-    if hasattr(distiller, "use_precomputed_teacher_logits"):
-        distiller.use_precomputed_teacher_logits(
-            precompute_logits(teacher, BatchIterator(dataset, 512, transform=transform), len(dataset)))
 
 
 def _fresh_model(model_factory: Callable[[], nn.Module], earlier: list[nn.Module]) -> nn.Module:
