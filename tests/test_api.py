@@ -5,6 +5,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import distillery
+from distillery.data import Augmentation
 from distillery.errors import DataError
 
 
@@ -102,3 +103,14 @@ def test_array_dataset_meets_the_teacher_once_and_trains_the_same_student():
         students[once] = torch.cat([p.detach().flatten() for p in student.parameters()])
     # The teacher's logits come from batches of another size, so only rounding may differ.
     torch.testing.assert_close(students[True], students[False], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("augmentation, passes", [(Augmentation(), 1), (Augmentation(flip=True), 3)],
+                         ids=["augmentation off", "flips"])
+def test_batches_meet_the_teacher_once_only_when_their_augmentation_is_off(augmentation, passes):
+    train, _ = distillery.load_dataset("digits")
+    net, student = teacher_and_student()
+    teacher = CountingTeacher(net)
+    batches = distillery.BatchIterator(train, 64, shuffle=True, augmentation=augmentation)
+    distillery.distill(teacher, nn.Sequential(nn.Flatten(), student), batches, epochs=3, progress=False)
+    assert teacher.samples_seen == passes * len(train)

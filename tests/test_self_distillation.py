@@ -240,11 +240,13 @@ def test_a_given_teacher_is_generation_zero():
 
 def counting_teacher_factory(counts):
     """make_mlp whose models count the samples they see in eval mode: as a teacher, or being validated."""
+    def count(module, inputs, output):
+        if not module.training:
+            counts[id(module)] = counts.get(id(module), 0) + len(inputs[0])
+
     def factory():
         built = make_mlp()
-        built.register_forward_hook(lambda module, inputs, output:
-                                    None if module.training else counts.__setitem__(id(module), counts.get(id(module), 0)
-                                                                                     + len(inputs[0])))
+        built.register_forward_hook(count)
         return built
     return factory
 
