@@ -22,10 +22,10 @@ data:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
 demo: setup
-	$(BIN)/distillery demo
+	$(BIN)/distillery demo --overwrite
 
 demo-fashion: setup data
-	$(BIN)/distillery demo --dataset fashion-mnist
+	$(BIN)/distillery demo --dataset fashion-mnist --overwrite
 
 # Which temperature and alpha pay on Fashion-MNIST: the teacher first (when missing), then 15 epochs a grid point.
 tune-fashion: setup data

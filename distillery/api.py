@@ -31,6 +31,7 @@ from distillery.eval.metrics import (
 )
 from distillery.methods import Method, create_method
 from distillery.models import count_parameters, size_on_disk_bytes
+from distillery.teachers.frozen import left_as_found
 from distillery.teachers.precomputed import precompute_logits
 
 
@@ -140,6 +141,10 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
     "dist". Further method keywords (``standardize``, ``nckd_weight``, ...) go in ``method_options``;
     None means the method's default. Training options as for :func:`train`.
 
+    ``alpha`` weighs the hard-label term and 1 − alpha the soft term on every batch; batches without labels
+    have no hard term (pass ``alpha=0`` for an unlabeled transfer set). The caller's ``teacher`` is frozen and
+    moved only while this runs: afterwards its ``requires_grad`` flags, modes and device are as they were.
+
     When ``train_data`` is an ArrayDataset (fixed inputs, known sample indices), or a BatchIterator over one
     with augmentation off, the teacher runs once over it before training and its logits are looked up by
     index every epoch (``teacher_once=False`` runs it live on every batch instead). Other data, such as a
@@ -151,11 +156,12 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: A
         student = result.model
     """
     torch.manual_seed(seed)
-    built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
-                          label_smoothing=label_smoothing, **(method_options or {}))
-    if teacher_once:
-        run_teacher_once(built, teacher, train_data, options.get("device", "auto"))
-    return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
+    with left_as_found(teacher):
+        built = create_method(method, student, teacher, temperature=temperature, alpha=alpha,
+                              label_smoothing=label_smoothing, **(method_options or {}))
+        if teacher_once:
+            run_teacher_once(built, teacher, train_data, options.get("device", "auto"))
+        return fit_method(built, train_data, val_data, seed=seed, description="distill", **options)
 
 
 def run_teacher_once(method: Method, teacher: nn.Module, train_data: Any, device: str = "auto") -> None:
@@ -247,4 +253,6 @@ def evaluate(model: nn.Module, data: Any, *, teacher: nn.Module | None = None, l
         # Measured on a CPU copy so the caller's model stays on its device.
         metrics["latency"] = measure_latency(copy.deepcopy(model).cpu(), tuple(sample_shape))
     metrics["reliability"] = reliability_bins(logits, labels, bins=bins)
+    from distillery.eval.metrics import per_class_results
+    metrics.update(per_class_results(logits, labels))  # per_class (accuracy, samples), confusion_matrix
     return metrics

@@ -12,7 +12,8 @@ from distillery.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A float setting of inf or nan (YAML's .inf, .nan) only ever ends in a non-finite loss: refused here.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AugmentConfig(Strict):
@@ -212,7 +213,10 @@ class TransferConfig(Strict):
 
 
 class RunConfig(Strict):
-    output_dir: str
+    output_dir: str = Field(..., description="the run's own directory: new, empty, or an earlier run's")
+    allow_factories: list[str] = Field(
+        default_factory=list, description="package.module:function factories that checkpoints this run loads "
+                                          "(teachers) may name as their architecture; only built-in ones otherwise")
     seed: int = 0
     device: str = "auto"
     role: Optional[Literal["teacher", "scratch", "distilled"]] = Field(
@@ -232,6 +236,10 @@ class RunConfig(Strict):
         if self.distill is not None and self.distill.teacher_views and not self.data.augment.enabled:
             raise ValueError("teacher_views fixes augmented views, but data.augment is off, so the teacher's outputs "
                              "are cached for the plain inputs anyway; remove distill.teacher_views")
+        if self.transfer is not None and not self.transfer.labels and self.distill.alpha not in (None, 0.0):
+            raise ValueError(f"transfer.labels is false, so there is no hard-label term for distill.alpha "
+                             f"({self.distill.alpha}) to weigh: without labels alpha is 0 and the soft term has all "
+                             "the weight; remove distill.alpha")
         partly_labelled = self.transfer is not None and (
             not self.transfer.labels or (self.transfer.labeled_fraction or 1.0) < 1.0)
         if partly_labelled and self.distill.method == "dkd":
@@ -261,6 +269,24 @@ class RunConfig(Strict):
     @classmethod
     def _model_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _require_model_name(value)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_names_a_directory(cls, value: str) -> str:
+        # "" and "." would make the current folder the run's, and a run replaces its own files there.
+        if not value.strip() or Path(value) == Path("."):
+            raise ValueError(f"output_dir {value!r} names the current folder; give the run a directory of its "
+                             "own, e.g. runs/student")
+        return value
+
+    @field_validator("allow_factories")
+    @classmethod
+    def _factories_are_named(cls, value: list[str]) -> list[str]:
+        for name in value:
+            module, _, function = name.partition(":")
+            if not module or not function:
+                raise ValueError(f"{name!r} is not a factory name; write package.module:function")
+        return value
 
 
 def _require_model_name(spec: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +345,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {pair!r} conflicts with another override: {section} is a value, not a section")
         try:
             target[leaf] = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError, ValueError):
             raise ConfigError(f"override {pair!r} has a value that is not valid YAML; quote strings, close brackets") from None
     return nested
 
@@ -351,17 +377,35 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         config = load_config("configs/fashion_mnist_distill.yaml", ["train.epochs=3"])
     """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; give the YAML file inside it, e.g. {path / 'run.yaml'}")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        document = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path} is not valid YAML{where}; check indentation and colons") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {error.start} cannot be read); save it as UTF-8 "
+                          "YAML") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read config {path} ({error.strerror})") from None
+    document = _parse_yaml(text, path)
     if not isinstance(document, dict):
         raise ConfigError(f"{path} must hold a mapping of keys (output_dir:, model:, ...), not {type(document).__name__}")
     return build_config(document, overrides, source=str(path))
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        said = ", ".join(part for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
+        detail = f" ({said})" if said else ""
+        raise ConfigError(f"{path} is not valid YAML{where}{detail}; check indentation and colons") from None
+    except (RecursionError, ValueError, TypeError) as error:
+        # The reader's own failures on hostile input (nesting beyond the stack, absurd numbers).
+        raise ConfigError(f"{path} cannot be read as YAML ({type(error).__name__}); simplify it") from None
 
 
 def dump_config(config: RunConfig) -> str:

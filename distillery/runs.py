@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from distillery.data import (
 from distillery.engine import RunDirectory, peer_record
 from distillery.engine.distributed import setup_distributed
 from distillery.engine.training_state import read_training_state
-from distillery.errors import ConfigError, DataError, ModelError
+from distillery.errors import ConfigError, DataError, ModelError, NumericalError
 from distillery.methods import (create_method, method_accepts, method_default, method_uses_teacher_features,
                                method_uses_teacher_logits)
 from distillery.models import build_model, count_parameters, initialize_from_teacher
@@ -35,6 +35,7 @@ from distillery.resume import checkpointer_for, discard_state, refuse_born_again
 from distillery.teachers import load_teacher
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
+from distillery.teachers.inputs import feed_own_inputs, pipeline_description, teacher_normalizer
 from distillery.teacher_outputs import TransferPlan, plan_transfer
 
 # Every run of a comparison must validate and test on the same samples, whatever its own seed.
@@ -68,7 +69,7 @@ def _transfer_set(train: ArrayDataset, transfer: TransferConfig) -> ArrayDataset
     return train
 
 
-def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
+def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | None = None,
                  transfer: TransferConfig | None = None) -> PreparedData:
     """Load, limit, split and normalise; ``preprocessing`` (a teacher's) replaces fitting a new normaliser.
 
@@ -93,7 +94,7 @@ def prepare_data(data: DataConfig, preprocessing: dict[str, Any] | None = None,
             raise DataError(f"the transfer set ({train.source}) names its classes differently from the evaluation "
                             "data, so its labels cannot be used; set transfer.labels: false")
     if preprocessing is not None:
-        normalizer = Normalizer.from_dict(preprocessing)
+        normalizer = preprocessing if isinstance(preprocessing, Normalizer) else Normalizer.from_dict(preprocessing)
     else:
         normalizer = Normalizer.fit(all_classes if data.classes else train) if data.normalize else None
     if normalizer is not None:
@@ -114,17 +115,32 @@ def _check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str
                          f"has {dataset.num_classes}; the {role} and the data must share their classes")
 
 
+def trusted_factories(config: RunConfig) -> set[str]:
+    """The ``package.module:function`` factories the user's own config names: its allow_factories, and
+    those its model specs (student, peers, online teacher) use. Checkpoints may name only these."""
+    specs = [config.model]
+    if config.distill is not None:
+        specs += list(config.distill.peers or []) + [config.distill.teacher_model or {}]
+    named = {spec.get("name") for spec in specs if ":" in str(spec.get("name", ""))}
+    return set(config.allow_factories) | named
+
+
 def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedData, nn.Module | None]:
-    """The configured teachers (checked against the data), the data in their preprocessing, and the one
-    teacher module a method distils from (an ensemble or a label-space merge of several)."""
+    """The configured teachers (checked against the data, each fed its own preprocessing), the data in the
+    student's preprocessing (the first teacher's when it records one), and the one teacher module a method
+    distils from (an ensemble or a label-space merge of several)."""
     distill = config.distill
-    teachers = load_teachers(distill.teacher) if distill is not None and distill.teacher else []
+    teachers = (load_teachers(distill.teacher, allow_factories=trusted_factories(config))
+                if distill is not None and distill.teacher else [])
     preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
-    data = prepare_data(config.data, preprocessing, config.transfer)
+    data = prepare_data(config.data, teacher_normalizer(preprocessing, teachers[0].path) if teachers else None,
+                        config.transfer)
     for loaded in teachers:
         # A teacher that names its classes may know others than the data's: _teacher_for merges label spaces.
         _check_model_fits(loaded.metadata, data.test, loaded.path, "teacher",
                           classes="class_names" not in loaded.metadata)
+        feed_own_inputs(loaded.model, data.normalizer, loaded.metadata.get("preprocessing"),
+                        input_shape=data.test.input_shape, source=loaded.path)
     teacher = _teacher_for(config, teachers, data.test.class_names) if teachers else None
     return teachers, data, teacher
 
@@ -161,7 +177,7 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
             metadata["initialized_from_teacher"] = report.summary()
     method = _method_for(config, model, teacher, data.test.input_shape, data.test.num_classes)
     peer_architectures = _peer_architectures(config, method)
-    plan = context.main_first(lambda: _transfer_plan(config, data, teacher))  # rank 0 writes the cache first
+    plan = context.main_first(lambda: _transfer_plan(config, data, teachers, teacher))  # rank 0 writes the cache first
     plan.apply_to(method)
     start_or_resume(run_dir, config, method, saved, list(peer_architectures), context)
     talk = config.progress and context.is_main
@@ -178,12 +194,18 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
 
     val_batches = BatchIterator(data.val, 512) if data.val is not None else None
     train = config.train
-    result = fit_method(method, plan.batches, val_batches, epochs=train.epochs, lr=train.lr,
-                        optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
-                        schedule=train.schedule, seed=config.seed, device=config.device, progress=config.progress,
-                        precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
-                        on_epoch_end=after_epoch if context.is_main else None, description=metadata["role"],
-                        resume=saved, checkpointer=checkpointer_for(config, run_dir, saved, context))
+    try:
+        result = fit_method(method, plan.batches, val_batches, epochs=train.epochs, lr=train.lr,
+                            optimizer=train.optimizer, weight_decay=train.weight_decay, momentum=train.momentum,
+                            schedule=train.schedule, seed=config.seed, device=config.device,
+                            progress=config.progress, precision=train.precision, compile=train.compile,
+                            grad_clip=train.grad_clip, on_epoch_end=after_epoch if context.is_main else None,
+                            description=metadata["role"], resume=saved,
+                            checkpointer=checkpointer_for(config, run_dir, saved, context))
+    except NumericalError as error:
+        last = run_dir.path / "last.safetensors"
+        kept = f"; the last finished epoch is in {last}" if last.is_file() else "; no epoch had finished"
+        raise NumericalError(f"{error}{kept}") from None
     if context.is_main:
         evaluation = evaluate(result.model, BatchIterator(data.test, 512), teacher=teacher,
                               latency=config.measure_latency)
@@ -197,7 +219,7 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
     return run_dir.path
 
 
-def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | None,
+def _transfer_plan(config: RunConfig, data: PreparedData, teachers: list[LoadedTeacher], teacher: nn.Module | None,
                    rebuild: bool = False) -> TransferPlan:
     distill = config.distill
     uses_features = distill is not None and method_uses_teacher_features(distill.method)
@@ -213,7 +235,9 @@ def _transfer_plan(config: RunConfig, data: PreparedData, teacher: nn.Module | N
                          label_options=_label_options(config.transfer, len(data.train)), teacher_table=uses_table,
                          cache=distill.teacher_cache if distill else "off",
                          views=distill.teacher_views if distill else None,
-                         preprocessing=data.normalizer.to_dict() if data.normalizer else None, rebuild=rebuild,
+                         preprocessing=pipeline_description(
+                             data.normalizer, [loaded.metadata.get("preprocessing") for loaded in teachers]),
+                         rebuild=rebuild,
                          teacher_layers=_teacher_feature_paths(config, teacher) if uses_features else (),
                          feature_budget_mb=distill.feature_cache_mb if distill else 0.0)
 
@@ -275,6 +299,8 @@ def _method_for(config: RunConfig, model: nn.Module, teacher: nn.Module | None, 
     if config.distill is None:
         return create_method("supervised", model, label_smoothing=config.train.label_smoothing)
     options = config.distill.model_dump(exclude=TEACHER_SETTINGS, exclude_none=True)
+    if config.transfer is not None and not config.transfer.labels and method_accepts(config.distill.method, "alpha"):
+        options["alpha"] = 0.0  # no labels, no hard-label term: the soft term weighs 1 - alpha = 1
     _paths_in_hint_teacher(config, options, teacher)
     # Models trained beside the student each start from a seed of their own, so no two begin alike.
     if "peers" in options:
@@ -353,8 +379,8 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
     if config.data.augment.enabled and not distill.teacher_views:
         raise ConfigError("data.augment draws new images every epoch, so the teacher runs live; set "
                           "distill.teacher_views: K to cache K fixed augmented views")
-    _, data, teacher = teachers_and_data(config)
-    plan = _transfer_plan(config, data, teacher, rebuild=rebuild)
+    teachers, data, teacher = teachers_and_data(config)
+    plan = _transfer_plan(config, data, teachers, teacher, rebuild=rebuild)
     if method_uses_teacher_features(distill.method) and plan.teacher_features is None:
         raise ConfigError(f"{plan.note} (e.g. --set distill.feature_cache_mb=N)")
     return plan.note
@@ -376,25 +402,28 @@ def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str 
                              path=data_path if dataset or data_path else recorded.get("path"),
                              test_limit=test_limit, val_fraction=0.0, normalize=False,
                              classes=recorded.get("classes") if dataset is None else None)
-    data = prepare_data(data_config, metadata.get("preprocessing"))
+    data = prepare_data(data_config, teacher_normalizer(metadata.get("preprocessing"), str(path)))
     _check_model_fits(metadata, data.test, path, "model")
     return data
 
 
 def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, dataset: str | None = None,
                         data_path: str | None = None, test_limit: int | None = None,
-                        latency: bool = True) -> dict[str, Any]:
-    """Evaluate a checkpoint on the test split of its own dataset (or ``dataset``), with its own preprocessing.
+                        latency: bool = True, allow_factories: Collection[str] = ()) -> dict[str, Any]:
+    """Evaluate a checkpoint on the test split of its own dataset (or ``dataset``), with its own preprocessing;
+    a ``teacher`` is fed its own. ``allow_factories``: user factories the checkpoints may name.
 
     Example::
 
         metrics = evaluate_checkpoint("runs/distilled", teacher="runs/teacher")
     """
-    model, metadata = load_model(path)
+    model, metadata = load_model(path, allow_factories=allow_factories)
     data = checkpoint_data(path, metadata, dataset=dataset, data_path=data_path, test_limit=test_limit)
     teacher_model = None
     if teacher is not None:
-        teacher_model, teacher_metadata = load_teacher(teacher)
+        teacher_model, teacher_metadata = load_teacher(teacher, allow_factories=allow_factories)
         _check_model_fits(teacher_metadata, data.test, teacher, "teacher")
+        feed_own_inputs(teacher_model, data.normalizer, teacher_metadata.get("preprocessing"),
+                        input_shape=data.test.input_shape, source=str(teacher))
     result = evaluate(model, BatchIterator(data.test, 512), teacher=teacher_model, latency=latency)
     return {"name": Path(path).name, "role": metadata.get("role"), "split": "test", **result}

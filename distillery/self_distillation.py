@@ -19,6 +19,7 @@ from distillery.config import LOGIT_METHODS
 from distillery.engine.trainer import EpochCallback, unpack_batch
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import Method, create_method
+from distillery.teachers.frozen import left_as_found
 
 GenerationCallback = Callable[[int, Result], None]
 
@@ -64,35 +65,37 @@ def born_again(model_factory: Callable[[], nn.Module], train_data: Any, val_data
     """
     if isinstance(generations, bool) or not isinstance(generations, int) or generations < 1:
         raise ConfigError(f"generations must be a whole number >= 1, got {generations!r}")
-    distiller_options = {"temperature": temperature, "alpha": alpha, **(method_options or {}),
-                         "label_smoothing": label_smoothing}
-    # A bad method or option fails now, not after generation 0 has trained.
-    probe = model_factory()
-    build_distiller(method, probe, teacher if teacher is not None else _fresh_model(model_factory, [probe]),
-                    distiller_options)
+    with left_as_found(teacher):  # the caller's teacher is frozen only while the generations learn from it
+        distiller_options = {"temperature": temperature, "alpha": alpha, **(method_options or {}),
+                             "label_smoothing": label_smoothing}
+        # A bad method or option fails now, not after generation 0 has trained.
+        probe = model_factory()
+        build_distiller(method, probe, teacher if teacher is not None else _fresh_model(model_factory, [probe]),
+                        distiller_options)
 
-    def train_generation(generation: int, method_object: Method) -> Result:
-        return fit_method(method_object, train_data, val_data, seed=seed + generation,
-                          description=f"generation {generation} of {generations}:",
-                          on_epoch_end=_tagged(generation, on_epoch_end), **options)
+        def train_generation(generation: int, method_object: Method) -> Result:
+            return fit_method(method_object, train_data, val_data, seed=seed + generation,
+                              description=f"generation {generation} of {generations}:",
+                              on_epoch_end=_tagged(generation, on_epoch_end), **options)
 
-    if teacher is None:
-        torch.manual_seed(seed)
-        results = [train_generation(0, create_method("supervised", model_factory(), label_smoothing=label_smoothing))]
-    else:
-        results = [Result(model=teacher)]
-    if on_generation_end is not None:
-        on_generation_end(0, results[0])
-    for generation in range(1, generations + 1):
-        torch.manual_seed(seed + generation)
-        student = _fresh_model(model_factory, [result.model for result in results])
-        distiller = build_distiller(method, student, results[-1].model, distiller_options)
-        if teacher_once:
-            run_teacher_once(distiller, results[-1].model, train_data, options.get("device", "auto"))
-        results.append(train_generation(generation, distiller))
+        if teacher is None:
+            torch.manual_seed(seed)
+            scratch = create_method("supervised", model_factory(), label_smoothing=label_smoothing)
+            results = [train_generation(0, scratch)]
+        else:
+            results = [Result(model=teacher)]
         if on_generation_end is not None:
-            on_generation_end(generation, results[-1])
-    return BornAgainResult(results)
+            on_generation_end(0, results[0])
+        for generation in range(1, generations + 1):
+            torch.manual_seed(seed + generation)
+            student = _fresh_model(model_factory, [result.model for result in results])
+            distiller = build_distiller(method, student, results[-1].model, distiller_options)
+            if teacher_once:
+                run_teacher_once(distiller, results[-1].model, train_data, options.get("device", "auto"))
+            results.append(train_generation(generation, distiller))
+            if on_generation_end is not None:
+                on_generation_end(generation, results[-1])
+        return BornAgainResult(results)
 
 
 def build_distiller(method: str, student: nn.Module, teacher: nn.Module, options: dict[str, Any]) -> Method:

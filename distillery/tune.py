@@ -239,19 +239,22 @@ def _plan_record(config: RunConfig, grid: Mapping[str, list[Any]], epochs: int) 
 
 
 def _claim(output_dir: Path, plan: dict[str, Any], overwrite: bool) -> None:
-    """Refuse a directory that holds another tune, or files that are not a tune's, unless ``overwrite``."""
+    """Refuse a directory that holds another tune unless ``overwrite``, and one that holds files that are not a
+    tune's in any case: a tune replaces only its own files."""
     record = output_dir / "tune.json"
     if output_dir.exists() and not output_dir.is_dir():
         raise RunExistsError(f"tune output directory {output_dir} is a file; choose a directory name")
-    if overwrite or not output_dir.exists():
+    if not output_dir.exists() or not any(output_dir.iterdir()):
         return
-    if record.is_file():
-        if json.loads(record.read_text()).get("plan") != plan:
-            raise RunExistsError(f"{output_dir} holds another tune (a different config, grid or --epochs); "
-                                 "pass --overwrite to replace it or choose another --output-dir")
-    elif any(output_dir.iterdir()):
-        raise RunExistsError(f"{output_dir} is not empty and holds no tune; choose another --output-dir "
-                             "or pass --overwrite")
+    if not record.is_file():
+        raise RunExistsError(f"{output_dir} is not empty and holds no tune; choose another --output-dir")
+    try:
+        recorded = json.loads(record.read_text()).get("plan")
+    except (ValueError, AttributeError):
+        raise RunExistsError(f"{record} is not a tune's record; choose another --output-dir") from None
+    if recorded != plan and not overwrite:
+        raise RunExistsError(f"{output_dir} holds another tune (a different config, grid or --epochs); "
+                             "pass --overwrite to replace it or choose another --output-dir")
 
 
 def _run_point(name: str, settings: dict[str, Any], config: RunConfig, overwrite: bool) -> TunePoint:

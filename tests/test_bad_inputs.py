@@ -145,6 +145,9 @@ for _name, _section, _key, _value, _fragment in [
     ("alpha-above-one", "distill", "alpha", 1.5, "less than or equal to 1"),
     ("alpha-below-zero", "distill", "alpha", -0.1, "greater than or equal to 0"),
     ("unknown-method", "distill", "method", "hintn", "'hinton'"),
+    ("temperature-infinite", "distill", "temperature", float("inf"), "finite number"),
+    ("lr-nan", "train", "lr", float("nan"), "finite number"),
+    ("grad-clip-infinite", "train", "grad_clip", float("inf"), "finite number"),
 ]:
     _out_of_range(_name, _section, _key, _value, _fragment)
 
@@ -496,6 +499,113 @@ def _(ws):
     return ["distill", config, "--overwrite"], (str(stem.with_suffix(".npy")), "different teacher weights")
 
 
+# ---------------------------------------------------------------- what a file may not decide, what a run may not touch
+
+
+def _teacher_naming(ws: Workspace, architecture: dict) -> Path:
+    teacher = ws.teacher_copy()
+    metadata = json.loads((teacher / "model.json").read_text())
+    metadata["architecture"] = architecture
+    (teacher / "model.json").write_text(json.dumps(metadata))
+    return teacher
+
+
+@case("teacher-checkpoint-names-a-factory")
+def _(ws):
+    # os:mkdir would create the marker (a directory): the tree hash proves it never ran.
+    teacher = _teacher_naming(ws, {"name": "os:mkdir", "path": str(ws.marker)})
+    return (["distill", ws.run(distill={"teacher": str(teacher)}), "--overwrite"],
+            ("'os:mkdir'", "built-in", "--allow-factory os:mkdir"))
+
+
+@case("evaluated-checkpoint-names-a-factory")
+def _(ws):
+    teacher = _teacher_naming(ws, {"name": "os:mkdir", "path": str(ws.marker)})
+    return ["evaluate", teacher, "--no-latency"], ("'os:mkdir'", "allow_factories")
+
+
+@case("teacher-with-nan-weights")
+def _(ws):
+    teacher = ws.teacher_copy()
+    state = load_file(str(teacher / "model.safetensors"))
+    save_file({name: torch.full_like(value, float("nan")) for name, value in state.items()},
+              str(teacher / "model.safetensors"))
+    return (["distill", ws.run(distill={"teacher": str(teacher), "teacher_cache": "off"}), "--overwrite"],
+            ("teacher's outputs are NaN", "distillery evaluate"))
+
+
+@case("alpha-without-labels")
+def _(ws):
+    config = ws.run(distill={"teacher": str(ws.teacher), "alpha": 0.5}, transfer={"labels": False})
+    return ["distill", config, "--overwrite"], ("transfer.labels is false", "distill.alpha", "remove")
+
+
+@case("alpha-one-leaves-the-teacher-no-weight")
+def _(ws):
+    return ["distill", ws.distill(alpha=1.0), "--overwrite"], ("alpha must be in [0, 1)", "distillery train")
+
+
+@case("output-dir-empty")
+def _(ws):
+    return ["train", ws.config(run_config(""))], ("output_dir ''", "current folder")
+
+
+@case("output-dir-holds-the-users-files")
+def _(ws):
+    folder = ws.tmp / "my-project"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("my own notes\n")
+    return ["train", ws.config(run_config(folder)), "--overwrite"], (str(folder), "not a distillery run's",
+                                                                     "config.yaml")
+
+
+@case("output-dir-cannot-be-written")
+def _(ws):
+    blocker = ws.tmp / "a-file"
+    blocker.write_text("not a folder\n")
+    return ["train", ws.config(run_config(blocker / "run"))], (str(blocker / "run"), "cannot write")
+
+
+@case("config-is-a-directory")
+def _(ws):
+    return ["train", ws.tmp], (str(ws.tmp), "is a directory")
+
+
+@case("config-is-not-utf8")
+def _(ws):
+    config = ws.tmp / "latin1.yaml"
+    config.write_bytes(f"output_dir: {ws.existing}\nrole: caf\xe9\n".encode("latin-1"))
+    return ["train", config], (str(config), "not UTF-8")
+
+
+@case("config-the-yaml-reader-cannot-read")
+def _(ws):
+    config = ws.config("a: " + "[" * 20000 + "]" * 20000 + "\n")
+    return ["train", config], (str(config), "cannot be read as YAML")
+
+
+@case("config-with-two-documents")
+def _(ws):
+    config = ws.config(f"output_dir: {ws.existing}\n---\noutput_dir: {ws.existing}\n")
+    return ["train", config, "--overwrite"], (str(config), "not valid YAML", "single document")
+
+
+@case("user-factory-raises")
+def _(ws):
+    config = ws.run(model={"name": "raising_model:make"})
+    return ["train", config, "--overwrite"], ("'raising_model:make'", "RuntimeError", "not mounted", "--debug")
+
+
+@case("state-json-that-is-not-a-state")
+def _(ws):
+    run = ws.interrupted()
+    manifest = run / "state" / "state.json"
+    document = json.loads(manifest.read_text())
+    del document["payload"]["result"]
+    manifest.write_text(json.dumps(document))
+    return ["train", "--resume", run], (str(manifest), "not a complete training state", "payload.result")
+
+
 # ---------------------------------------------------------------- resume mistakes
 
 
@@ -550,7 +660,7 @@ def test_bad_input_is_one_line_and_changes_nothing(workspace, name):
 
 
 def test_the_battery_counts_its_cases():
-    assert len(CASES) == 72, len(CASES)
+    assert len(CASES) == 89, len(CASES)
 
 
 def test_the_hostile_payload_is_live(tmp_path):

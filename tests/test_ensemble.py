@@ -84,14 +84,14 @@ def test_a_bad_layer_map_fails_before_the_run_starts(teachers, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
-def test_ensemble_teachers_must_share_preprocessing(teachers, tmp_path):
+def test_ensemble_teachers_of_different_preprocessing_are_each_fed_their_own(teachers, tmp_path):
     other = run(build_config({**COMMON, "output_dir": str(tmp_path / "raw"), "role": "teacher",
                               "data": {**COMMON["data"], "normalize": False},
                               "model": {"name": "mlp", "hidden": [8]}, "train": {**BUDGET, "epochs": 1}}))
     config = build_config({**COMMON, "output_dir": str(tmp_path / "s"), "model": {"name": "mlp", "hidden": [8]},
-                           "train": BUDGET, "distill": {"teacher": [str(teachers["mlp"]), str(other)]}})
-    with pytest.raises(ModelError, match="different input normalisation"):
-        run(config)
+                           "train": {**BUDGET, "epochs": 1}, "distill": {"teacher": [str(teachers["mlp"]), str(other)]}})
+    # What each member sees is compared with its own pipeline in tests/test_trust.py; here the run goes through.
+    assert (run(config) / "model.json").is_file()
 
 
 def hinted_config(tmp_path, teachers, **distill):

@@ -86,7 +86,7 @@ def test_training_over_a_300_mb_memmap_keeps_memory_flat(tmp_path):
     assert_ok(invoke("train", config(small, "warm-up")))
     before = _kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the current resident size
-    assert_ok(invoke("train", config(directory, "large")))
+    assert_ok(invoke("train", config(directory, "large-run")))
     growth_mib = (_kib("VmHWM") - before) / 1024
     file_mib = (directory / "x_train.npy").stat().st_size / 2**20
     print(f"\npeak RSS growth {growth_mib:.1f} MiB while training over a {file_mib:.0f} MiB memory-mapped file")

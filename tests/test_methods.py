@@ -41,13 +41,24 @@ def test_logit_matching_uses_mse():
         logit_mse(student(inputs), teacher(inputs)).item(), rel=1e-6)
 
 
-def test_without_labels_only_the_soft_term_counts():
+def test_without_labels_the_soft_term_keeps_its_weight_one_minus_alpha():
+    """One rule for alpha: the soft term always weighs 1 - alpha; a batch without labels only lacks the hard term."""
     student, teacher = nn.Linear(6, 3), nn.Linear(6, 3)
-    method = HintonDistillation(student, teacher, temperature=2.0, alpha=0.9)
-    inputs, _ = batch()
-    output = method.step(inputs, None, None)
-    assert output.loss.item() == pytest.approx(soft_target_kl(student(inputs), teacher(inputs), 2.0).item(), rel=1e-6)
-    assert "ce" not in output.logs
+    inputs, labels = batch()
+    soft = soft_target_kl(student(inputs), teacher(inputs), 2.0).item()
+    for alpha in (0.0, 0.9):
+        method = HintonDistillation(student, teacher, temperature=2.0, alpha=alpha)
+        output = method.step(inputs, None, None)
+        assert output.loss.item() == pytest.approx((1 - alpha) * soft, rel=1e-6)
+        assert "ce" not in output.logs
+        # A batch whose labels are all hidden (-1) gives the same loss as one with none.
+        hidden = method.step(inputs, torch.full_like(labels, -1), None)
+        assert hidden.loss.item() == pytest.approx((1 - alpha) * soft, rel=1e-6)
+
+
+def test_alpha_one_leaves_the_teacher_no_weight_and_is_refused():
+    with pytest.raises(ConfigError, match=r"alpha must be in \[0, 1\).*distillery train"):
+        HintonDistillation(nn.Linear(6, 3), nn.Linear(6, 3), alpha=1.0)
 
 
 def test_teacher_gets_no_gradient_and_stays_in_eval_mode():

@@ -198,10 +198,10 @@ def test_dkd_without_labels_is_a_config_error_that_names_the_alternatives():
         DecoupledKD(student, teacher).step(inputs, None, None)
 
 
-def test_dist_method_without_labels_uses_the_relation_loss_alone():
+def test_dist_method_without_labels_uses_the_relation_loss_at_one_minus_alpha():
     student, teacher, inputs, _ = teacher_student_batch()
     output = DIST(student, teacher, temperature=2.0, alpha=0.5).step(inputs, None, None)
-    assert output.loss.item() == pytest.approx(dist_loss(student(inputs), teacher(inputs), 2.0).item(), rel=1e-6)
+    assert output.loss.item() == pytest.approx(0.5 * dist_loss(student(inputs), teacher(inputs), 2.0).item(), rel=1e-6)
 
 
 def test_create_method_builds_modern_methods_and_refuses_foreign_options():

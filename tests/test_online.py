@@ -228,6 +228,7 @@ def test_a_report_reads_a_peer_directory_like_a_run(mutual_run, tmp_path):
 def test_online_run_saves_its_teacher_and_overwrite_clears_stale_peers(tmp_path):
     output_dir = tmp_path / "online"
     (output_dir / "peers" / "old").mkdir(parents=True)
+    (output_dir / ".distillery-run").write_text("{}")  # an earlier run's directory, which --overwrite may replace
     (output_dir / "peers" / "old" / "model.json").write_text("{}")
     config = online_config(output_dir, method="online", teacher_model={"name": "mlp", "hidden": [64]})
     run(config, overwrite=True)

@@ -70,7 +70,7 @@ def test_bad_precision_and_compile_with_hooks_are_clear_errors():
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
     method = create_method("fitnet", student, teacher, student_layer="1", teacher_layer="1", input_shape=(1, 8, 8))
-    with pytest.raises(ConfigError, match="train.compile cannot be combined with FeatureHints"):
+    with pytest.raises(ConfigError, match="train.compile cannot be combined with method .fitnet."):
         fit_method(method, [(torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))], epochs=1, progress=False,
                    compile=True)
     with pytest.raises(ConfigError, match="train.precision"):

@@ -96,6 +96,15 @@ class Normalizer:
         """Normalised copy of a batch, on the batch's device and (floating) dtype."""
         if not inputs.is_floating_point():
             inputs = inputs.to(torch.float32)
+        mean, std = self._broadcast(inputs)
+        return (inputs - mean) / std
+
+    def denormalize(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The inverse of calling it: normalised inputs back on their raw scale, ``x · std + mean``."""
+        mean, std = self._broadcast(inputs)
+        return inputs * std + mean
+
+    def _broadcast(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = self._statistics(inputs)
         if len(self.mean) > 1:
             if inputs.dim() < 2 or inputs.shape[1] != len(self.mean):
@@ -105,7 +114,7 @@ class Normalizer:
                 )
             view = [1, len(self.mean)] + [1] * (inputs.dim() - 2)
             mean, std = mean.view(view), std.view(view)
-        return (inputs - mean) / std
+        return mean, std
 
     def _statistics(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = (inputs.device, inputs.dtype)

@@ -60,5 +60,6 @@ def compile_student(method: torch.nn.Module) -> None:
 def check_compilable(method: torch.nn.Module) -> None:
     """Refuse train.compile for a method that reads the student's features through hooks (see compile_student)."""
     if getattr(method, "uses_feature_hooks", False):
-        raise ConfigError(f"train.compile cannot be combined with {type(method).__name__}, which reads the "
+        name = getattr(method, "name", "") or type(method).__name__
+        raise ConfigError(f"train.compile cannot be combined with method {name!r}, which reads the "
                           "student's features through hooks; set train.compile: false")

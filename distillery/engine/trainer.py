@@ -227,15 +227,29 @@ class Trainer:
 
 
 def check_finite(output: "StepOutput", epoch: int, step: int) -> None:
-    """Stop at the first NaN or infinite loss, before it reaches the weights, naming the part it came from."""
+    """Stop at the first NaN or infinite loss, before it reaches the weights, naming where it came from.
+
+    The likely cause is told apart by what is still finite: the teacher's outputs (a broken teacher,
+    which no training setting mends), the student's outputs (training diverged: the learning rate or
+    the gradients' size), or only some loss part computed from finite outputs (that loss's settings).
+    """
     if bool(torch.isfinite(output.loss.detach())):
         return
     bad = [name for name, value in output.logs.items() if not bool(torch.isfinite(value).all())]
     parts = ", ".join(f"{name} {float(output.logs[name]):g}" for name in bad) or "no logged part (the total)"
-    raise NumericalError(
-        f"the loss became {float(output.loss.detach()):g} at epoch {epoch}, step {step} (non-finite: {parts}); "
-        "weights before this step are untouched and the last finished epoch is in last.safetensors; "
-        "lower train.lr, or set train.grad_clip (e.g. 1.0)")
+    where = f"the loss became {float(output.loss.detach()):g} at epoch {epoch}, step {step} (non-finite: {parts})"
+    teacher = output.teacher_logits
+    if teacher is not None and not bool(torch.isfinite(teacher).all()):
+        cause = ("the teacher's outputs are not finite, so its weights or inputs are broken; check the teacher with "
+                 "`distillery evaluate TEACHER`")
+    elif not bool(torch.isfinite(output.logits.detach()).all()):
+        cause = ("the student's outputs are not finite: training diverged; lower train.lr, or set train.grad_clip "
+                 "(e.g. 1.0)")
+    else:
+        cause = (f"the student's and teacher's outputs are finite, so the loss part{'s' if len(bad) > 1 else ''} "
+                 f"{', '.join(bad) or 'combining them'} failed on them: check that loss's settings "
+                 "(temperature, weights)")
+    raise NumericalError(f"{where}; {cause}; the weights before this step are untouched")
 
 
 @torch.no_grad()

@@ -230,6 +230,10 @@ def read_training_state(run_dir: str | Path) -> SavedState:
     if document.get("version") != VERSION:
         raise CheckpointError(f"{manifest} is training state version {document.get('version')}, this distillery "
                               f"reads version {VERSION}; start the run again with --overwrite")
+    problem = _shape_problem(document)
+    if problem:
+        raise CheckpointError(f"{manifest} is not a complete training state ({problem}); start the run again "
+                              "with --overwrite")
     tensors_path = manifest.parent / Path(document["tensors"]).name
     try:
         tensors = load_file(str(tensors_path))
@@ -237,6 +241,28 @@ def read_training_state(run_dir: str | Path) -> SavedState:
         raise CheckpointError(f"{tensors_path} is unreadable or corrupted ({error}); "
                               "start the run again with --overwrite") from None
     return SavedState(tensors_path, document, tensors)
+
+
+# What a state.json must hold, by path, with the JSON types allowed there (see Checkpointer.save).
+_REQUIRED = {("saves",): (int,), ("world_size",): (int,), ("position",): (dict,), ("position", "epoch"): (int,),
+             ("position", "step"): (int,), ("position", "epoch_done"): (bool,), ("position", "global_step"): (int,),
+             ("position", "epochs"): (int,), ("payload",): (dict,), ("payload", "model"): (dict,),
+             ("payload", "optimizer"): (dict,), ("payload", "ranks"): (list,), ("payload", "result"): (dict,),
+             ("payload", "result", "history"): (list,), ("payload", "progress"): (dict,)}
+
+
+def _shape_problem(document: dict[str, Any]) -> str | None:
+    """What a well-formed JSON document lacks to be a training state, or None."""
+    for path, types in _REQUIRED.items():
+        value: Any = document
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        # bool is an int in Python; a count given as true/false is still wrong.
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            return f"{'.'.join(path)} is missing or not a {types[0].__name__}"
+    if not 1 <= len(document["payload"]["ranks"]) == document["world_size"]:
+        return "payload.ranks does not hold one entry per process"
+    return None
 
 
 class Checkpointer:

@@ -15,11 +15,15 @@ METHODS: Registry = Registry("method")
 
 @dataclass
 class StepOutput:
-    """One training step's result: the loss to minimise, the student's logits, and loss parts to log."""
+    """One training step's result: the loss to minimise, the student's logits, and loss parts to log.
+
+    ``teacher_logits``, where the step used a teacher's, lets a non-finite loss be traced to its source.
+    """
 
     loss: torch.Tensor
     logits: torch.Tensor
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    teacher_logits: torch.Tensor | None = None
 
 
 class Method(nn.Module):
@@ -31,6 +35,7 @@ class Method(nn.Module):
     """
 
     uses_feature_hooks = False  # True where step() reads the student's features through forward hooks
+    name = ""  # the registered name (set by create_method), for messages
 
     def __init__(self, student: nn.Module) -> None:
         super().__init__()

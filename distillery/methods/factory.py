@@ -30,7 +30,9 @@ def create_method(name: str, student: nn.Module, teacher: nn.Module | None = Non
         given["teacher"] = teacher
     elif teacher is not None:
         raise ConfigError(f"method {name!r} trains without a teacher; remove the teacher (distill.teacher)")
-    return method_class(student, **given)
+    method = method_class(student, **given)
+    method.name = name  # what errors call it: the name the user wrote, not the class
+    return method
 
 
 def method_default(name: str, option: str, fallback: Any = None) -> Any:

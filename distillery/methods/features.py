@@ -107,7 +107,7 @@ class FeatureMethod(Method):
             soft = soft_target_kl(student_logits, teacher_logits, self.temperature)
             loss = loss + self.kd_weight * soft
             logs["kd"] = soft.detach()
-        return StepOutput(loss=loss, logits=student_logits, logs=logs)
+        return StepOutput(loss=loss, logits=student_logits, logs=logs, teacher_logits=teacher_logits)
 
 
 @METHODS.register("fitnet")

@@ -67,13 +67,14 @@ class DecoupledKD(SingleTeacherMethod):
                 "method 'dkd' needs every sample's label: decoupled KD splits each distribution at the true class; "
                 "use 'hinton' or 'dist' for an unlabeled or partly labelled transfer set"
             )
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices, labels)
-        soft_student, soft_teacher = self.soft_loss_inputs(student_logits, teacher_logits)
+        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
+        soft_student, soft_teacher = self.soft_loss_inputs(student_logits, teacher_logits, labels)
         dkd = decoupled_kd(soft_student, soft_teacher, labels, self.temperature,
                            alpha=self.tckd_weight, beta=self.nckd_weight)
         hard = hard_label_cross_entropy(student_logits, labels, self.label_smoothing)
         loss = self.ce_weight * hard + self.warmup_factor * dkd
-        return StepOutput(loss=loss, logits=student_logits, logs={"ce": hard.detach(), "kd": dkd.detach()})
+        return StepOutput(loss=loss, logits=student_logits, logs={"ce": hard.detach(), "kd": dkd.detach()},
+                          teacher_logits=teacher_logits)
 
 
 @METHODS.register("dist")

@@ -34,8 +34,8 @@ class SingleTeacherMethod(Method):
         """
         self.precomputed_teacher_logits = logits
 
-    def student_and_teacher_logits(self, inputs: torch.Tensor, indices: torch.Tensor | None,
-                                   labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def student_and_teacher_logits(self, inputs: torch.Tensor, indices: torch.Tensor | None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.precomputed_teacher_logits is not None:
             if indices is None:
                 raise ValueError("precomputed teacher logits need the batches' sample indices")
@@ -49,28 +49,38 @@ class SingleTeacherMethod(Method):
                 f"teacher outputs {tuple(teacher_logits.shape[1:])} but student outputs "
                 f"{tuple(student_logits.shape[1:])}; both must predict the same classes"
             )
+        return student_logits, teacher_logits
+
+    def soft_loss_inputs(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits the soft loss compares: z-scored when ``standardize`` is on, then, for merged
+        teachers of different class sets, gated by the true class (see LabelSpaceMerge.gate_by_labels).
+
+        Gating comes last: z-scoring a vector that already holds the gate's large negative values would
+        squash the kept classes together and hand the gated ones a share of the target.
+        """
+        if self.standardize:
+            student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
         if labels is not None and self.gate_targets_by_labels and hasattr(self.teacher, "gate_by_labels"):
             teacher_logits = self.teacher.gate_by_labels(teacher_logits, labels)
         return student_logits, teacher_logits
 
-    def soft_loss_inputs(self, student_logits: torch.Tensor,
-                         teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The logits the soft loss compares: z-scored when ``standardize`` is on."""
-        if not self.standardize:
-            return student_logits, teacher_logits
-        return standardize_logits(student_logits), standardize_logits(teacher_logits)
-
 
 class TeacherLogitMethod(SingleTeacherMethod):
-    """alpha · CE(student, labels) + (1 − alpha) · soft_loss(student, teacher).
+    """alpha · CE(student, labels) + (1 − alpha) · soft_loss(student, teacher), on every batch.
 
-    Without labels (an unlabeled transfer set) only the soft term is used.
+    The one rule for alpha: it weighs the hard-label term, and the soft term always weighs 1 − alpha.
+    Samples without a label (-1) add nothing to the hard term; a batch without labels at all (None)
+    has no hard term, its loss is (1 − alpha) · soft. So a transfer set without labels should use
+    alpha = 0 (the config path refuses any other value there), and alpha = 1, which leaves the teacher
+    no weight, is refused: it would train from labels alone.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, alpha: float = 0.5, label_smoothing: float = 0.0,
                  standardize: bool = False) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"alpha must be in [0, 1], got {alpha}; it weights the hard-label term")
+        if not 0.0 <= alpha < 1.0:
+            raise ConfigError(f"alpha must be in [0, 1), got {alpha}; it weights the hard-label term, and at 1 the "
+                              "teacher's term has no weight (train from labels alone with `distillery train`)")
         super().__init__(student, teacher, standardize=standardize)
         self.alpha = alpha
         self.label_smoothing = label_smoothing
@@ -79,15 +89,15 @@ class TeacherLogitMethod(SingleTeacherMethod):
         raise NotImplementedError
 
     def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices, labels)
-        soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits))
+        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
+        soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits, labels))
         logs = {"kd": soft.detach()}
-        if labels is None:
-            return StepOutput(loss=soft, logits=student_logits, logs=logs)
-        hard = hard_label_cross_entropy(student_logits, labels, self.label_smoothing)
-        logs["ce"] = hard.detach()
-        loss = self.alpha * hard + (1.0 - self.alpha) * soft
-        return StepOutput(loss=loss, logits=student_logits, logs=logs)
+        loss = (1.0 - self.alpha) * soft
+        if labels is not None:
+            hard = hard_label_cross_entropy(student_logits, labels, self.label_smoothing)
+            logs["ce"] = hard.detach()
+            loss = loss + self.alpha * hard
+        return StepOutput(loss=loss, logits=student_logits, logs=logs, teacher_logits=teacher_logits)
 
 
 @METHODS.register("hinton")

@@ -113,7 +113,12 @@ def _build_user_model(
             signature.bind(**kwargs)
         except TypeError as error:
             raise ModelError(f"model {name!r}: {error}") from None
-    model = function(**kwargs)
+    try:
+        model = function(**kwargs)
+    except Exception as error:  # the user's own code: name it and what it raised, not our stack
+        detail = (str(error).strip().splitlines() or [""])[0]
+        raise ModelError(f"model factory {name!r} raised {type(error).__name__}: {detail} "
+                         "(run with --debug for the traceback)") from error
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

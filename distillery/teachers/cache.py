@@ -22,6 +22,10 @@ from torch import nn
 
 from distillery.atomic import atomic_write, atomic_write_text
 from distillery.errors import CheckpointError
+
+
+class NonFiniteCache(CheckpointError):
+    """A cache file holds infinite or NaN values."""
 from distillery.teachers.precomputed import precompute_logits
 
 FORMAT = "distillery-teacher-cache"
@@ -129,7 +133,31 @@ def read_cache(files: CacheFiles, expected: dict[str, str]) -> tuple[dict[str, A
     if list(array.shape) != manifest.get("shape"):
         raise CheckpointError(f"teacher cache {files.array} has shape {list(array.shape)} but its manifest says "
                               f"{manifest.get('shape')}; delete it and run again")
+    if not all_finite(array):
+        raise NonFiniteCache(f"teacher cache {files.array} holds infinite or NaN values (a float16 store that "
+                             "overflowed); rebuild it (distillery cache CONFIG --rebuild) or delete it")
     return manifest, array
+
+
+def all_finite(array: np.ndarray, rows: int = 65536) -> bool:
+    """Whether every value of a (memory-mapped) array is finite, read a slice of ``rows`` at a time."""
+    return all(bool(np.isfinite(array[start:start + rows]).all()) for start in range(0, len(array), rows))
+
+
+def reusable_cache(files: CacheFiles, expected: dict[str, str], *, explicit: bool, rebuild: bool,
+                   open_table=None) -> Any:
+    """The valid cache at ``files`` opened (by ``open_table``, default :func:`open_cache`), or None when it
+    must be computed: missing, ``rebuild``, or an automatic entry holding non-finite values (an older
+    float16 store that overflowed, replaced rather than reused). A cache the user named explicitly is
+    never replaced unasked: a mismatch or a non-finite value there is a CheckpointError."""
+    if rebuild or not files.exists():
+        return None
+    try:
+        return (open_table or open_cache)(files, expected)
+    except NonFiniteCache:
+        if explicit:
+            raise
+        return None
 
 
 def open_cache(files: CacheFiles, expected: dict[str, str]) -> LogitTable:
@@ -152,11 +180,19 @@ def save_cache(files: CacheFiles, array: np.ndarray, manifest: dict[str, Any]) -
 
 
 def write_cache(files: CacheFiles, logits: torch.Tensor, parts: dict[str, str]) -> None:
-    """Store ``logits`` [N, classes] (float16; the top-k with many classes), array first, manifest last."""
+    """Store finite ``logits`` [N, classes], array first, manifest last: float16 when every value fits its
+    range (|z| <= 65,504), float32 otherwise, so nothing stored turns infinite; with many classes the top-k
+    log-probabilities (float32). Raises ValueError on non-finite logits (the caller reports the teacher)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise ValueError("teacher logits to cache must be finite")
     classes = logits.shape[1]
     top_k = TOP_K if classes > TOP_K_ABOVE_CLASSES else None
     # float32 for top-k tables: they hold class indices too, which float16 keeps exact only up to 2048.
-    array = compress_top_k(logits, top_k).numpy() if top_k else logits.to(torch.float16).numpy()
+    if top_k:
+        array = compress_top_k(logits, top_k).numpy()
+    else:
+        fits = float(logits.abs().max()) <= torch.finfo(torch.float16).max if logits.numel() else True
+        array = logits.to(torch.float16 if fits else torch.float32).numpy()
     save_cache(files, array, {"fingerprint": parts, "classes": classes, "top_k": top_k})
 
 
@@ -196,8 +232,9 @@ def cached_teacher_logits(teacher: nn.Module, inputs: torch.Tensor, batches: Ite
     """
     parts = fingerprint(inputs, teacher, preprocessing, view)
     files = CacheFiles(Path(stem) if stem is not None else (cache_dir or default_cache_dir()) / cache_key(parts))
-    if files.exists() and not rebuild:
-        return open_cache(files, parts), f"teacher outputs read from the cache {files.array}"
+    table = reusable_cache(files, parts, explicit=stem is not None, rebuild=rebuild)
+    if table is not None:
+        return table, f"teacher outputs read from the cache {files.array}"
     logits = precompute_logits(teacher, batches, size)
     try:
         write_cache(files, logits, parts)

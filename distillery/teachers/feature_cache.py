@@ -8,6 +8,7 @@ over 60 000 images is 376 MB), so a budget bounds what is cached; beyond it the 
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import nn
 from distillery.errors import CheckpointError
 from distillery.methods.hooks import probe_feature_shapes, resolve_module
 from distillery.teachers.cache import (CacheFiles, cache_key, default_cache_dir, fingerprint, open_cache, read_cache,
-                                       save_cache, write_cache)
+                                       reusable_cache, save_cache, write_cache)
 from distillery.teachers.precomputed import precompute_outputs
 
 MEGABYTE = 1_000_000
@@ -107,13 +108,18 @@ def cached_teacher_outputs(teacher: nn.Module, inputs: torch.Tensor, batches: It
     files = {layer: layer_files(stem, directory, parts, layer) for layer in layers}
     where = f"{logit_files.stem.parent} (features: {megabytes:.3g} MB)"
     # Existing entries are opened first, so a stale one is refused before the teacher's pass, not after.
-    logit_table = open_cache(logit_files, parts) if logit_files.exists() and not rebuild else None
-    tables = {layer: open_feature_cache(entry, parts, layer) for layer, entry in files.items()
-              if entry.exists() and not rebuild}
+    explicit = stem is not None
+    logit_table = reusable_cache(logit_files, parts, explicit=explicit, rebuild=rebuild)
+    tables = {}
+    for layer, entry in files.items():
+        table = reusable_cache(entry, parts, explicit=explicit, rebuild=rebuild,
+                               open_table=functools.partial(open_feature_cache, layer=layer))
+        if table is not None:
+            tables[layer] = table
     if logit_table is not None and len(tables) == len(files):
         return TeacherOutputs(logit_table, tables, f"teacher outputs read from the cache in {where}")
     return _compute_and_store(teacher, batches, size, parts, logit_files, files, logit_table, tables,
-                              explicit=stem is not None, where=where)
+                              explicit=explicit, where=where)
 
 
 def _compute_and_store(teacher: nn.Module, batches: Iterable, size: int, parts: dict[str, str],

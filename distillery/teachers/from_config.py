@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 from torch import nn
 
-from distillery.errors import ModelError
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.label_space import LabelSpaceMerge
 from distillery.teachers.loading import load_teacher
@@ -20,21 +19,17 @@ class LoadedTeacher:
     path: str
 
 
-def load_teachers(paths: str | Sequence[str]) -> list[LoadedTeacher]:
-    """Each checkpoint frozen, with its metadata. All must share one preprocessing, which the student then uses.
+def load_teachers(paths: str | Sequence[str], *, allow_factories: Collection[str] = ()) -> list[LoadedTeacher]:
+    """Each checkpoint frozen, with its metadata (its recorded preprocessing among it: see
+    :mod:`distillery.teachers.inputs` for how each is fed its own). ``allow_factories`` as for
+    :func:`distillery.teachers.load_teacher`.
 
     Example::
 
         teachers = load_teachers(["runs/cnn", "runs/resnet"])
     """
     paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
-    loaded = [LoadedTeacher(*load_teacher(path), str(path)) for path in paths]
-    first = loaded[0]
-    for other in loaded[1:]:
-        if other.metadata.get("preprocessing") != first.metadata.get("preprocessing"):
-            raise ModelError(f"teachers {first.path} and {other.path} were trained with different input "
-                             "normalisation; an ensemble must see the same inputs: train them on the same data")
-    return loaded
+    return [LoadedTeacher(*load_teacher(path, allow_factories=allow_factories), str(path)) for path in paths]
 
 
 def combine_teachers(teachers: list[LoadedTeacher], *, classes: Sequence[str], weights: Sequence[float] | None,

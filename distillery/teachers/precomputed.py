@@ -6,6 +6,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from distillery.errors import ModelError
 from distillery.eval.metrics import eval_mode
 from distillery.methods.hooks import capture_features
 
@@ -40,19 +41,35 @@ def precompute_outputs(teacher: nn.Module, batches: Iterable, size: int,
     """
     device = next((p.device for p in teacher.parameters()), torch.device("cpu"))
     logit_table: torch.Tensor | None = None
+    covered = torch.zeros(size, dtype=torch.bool)
     feature_tables: dict[str, torch.Tensor] = {}
     with eval_mode(teacher):
         for inputs, _, indices in batches:
             with capture_features(layers) as features:
                 logits = teacher(inputs.to(device)).float().cpu()
+            check_teacher_outputs(logits, indices)
             if logit_table is None:
-                logit_table = torch.full((size, logits.shape[1]), float("nan"))
+                logit_table = torch.empty((size, logits.shape[1]))
             logit_table[indices] = logits
+            covered[indices] = True
             for name, value in features.items():
                 if name not in feature_tables:
                     feature_tables[name] = torch.empty((size, *value.shape[1:]), dtype=torch.float16)
                 feature_tables[name][indices] = value.to("cpu", torch.float16)
     # Logits and features are written batch by batch together, so full logits mean full features.
-    if logit_table is None or torch.isnan(logit_table).any():
+    if logit_table is None or not bool(covered.all()):
         raise ValueError("the batches did not cover every sample index once")  # a bug, not a user error
     return logit_table, feature_tables
+
+
+def check_teacher_outputs(logits: torch.Tensor, indices: torch.Tensor | None = None) -> None:
+    """Raise ModelError when a teacher's logits hold NaN or infinite values: the teacher is broken (its
+    weights, or inputs it was not trained on), and no loss setting can mend targets like these."""
+    finite = torch.isfinite(logits)
+    if bool(finite.all()):
+        return
+    bad_rows = (~finite).reshape(len(logits), -1).any(dim=1)
+    where = f" (sample index {int(indices[bad_rows][0])} first)" if indices is not None else ""
+    kind = "NaN" if bool(torch.isnan(logits).any()) else "infinite"
+    raise ModelError(f"the teacher's outputs are {kind} for {int(bad_rows.sum())} of {len(logits)} samples of a "
+                     f"batch{where}: its weights or inputs are broken; check it with `distillery evaluate TEACHER`")
