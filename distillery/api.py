@@ -26,6 +26,7 @@ from distillery.eval.metrics import (
     agreement,
     expected_calibration_error,
     negative_log_likelihood,
+    per_class_results,
     predict,
     reliability_bins,
 )
@@ -226,8 +227,9 @@ def distill_online(teacher: nn.Module, student: nn.Module, train_data: Any, val_
 
 def evaluate(model: nn.Module, data: Any, *, teacher: nn.Module | None = None, latency: bool = False,
              batch_size: int = 512, bins: int = 15) -> dict[str, Any]:
-    """Accuracy, NLL, expected calibration error, a reliability table, size, and optionally agreement with a
-    teacher and CPU latency.
+    """Accuracy, NLL, expected calibration error, a reliability table, per-class accuracy and the confusion
+    matrix (``per_class``, ``confusion_matrix``: rows the true class), size, and optionally agreement with a
+    teacher and CPU latency (with threads, CPU, torch version and whether it was stable).
 
     Example::
 
@@ -253,6 +255,5 @@ def evaluate(model: nn.Module, data: Any, *, teacher: nn.Module | None = None, l
         # Measured on a CPU copy so the caller's model stays on its device.
         metrics["latency"] = measure_latency(copy.deepcopy(model).cpu(), tuple(sample_shape))
     metrics["reliability"] = reliability_bins(logits, labels, bins=bins)
-    from distillery.eval.metrics import per_class_results
     metrics.update(per_class_results(logits, labels))  # per_class (accuracy, samples), confusion_matrix
     return metrics

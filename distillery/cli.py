@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import json
+import traceback
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,6 +26,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 SET_HELP = "Override a config value, e.g. --set train.epochs=5 (repeatable)."
 
 
+# --debug: a user error also shows the traceback of what caused it (a user factory's exception, say).
+DEBUG = {"on": False}
+
+
 def user_errors(command):
     """A user's mistake becomes one line on stderr and exit code 2; Ctrl-C exits 130 quietly; bugs still raise."""
 
@@ -36,6 +42,8 @@ def user_errors(command):
                 typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
             raise typer.Exit(error.exit_code) from None
         except DistilleryError as error:
+            if DEBUG["on"]:
+                traceback.print_exception(error)
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
@@ -77,7 +85,23 @@ def _run_config(config_path: Optional[Path], overrides: list[str], overwrite: bo
         typer.echo(f"{run_dir / 'peers' / name}: test accuracy {peer['accuracy']:.2%}, {peer['parameters']:,} parameters")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"distillery {package_version('distillery')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                         help="Print the version and exit."),
+            debug: bool = typer.Option(False, "--debug", help="With an error, also print its traceback.")) -> None:
+    """Distil a small student model from a large teacher, and measure what it bought."""
+    DEBUG["on"] = debug
+
+
 OVERWRITE = typer.Option(False, help="Replace a finished run in output_dir.")
+ALLOW_FACTORY = typer.Option([], "--allow-factory", help="A package.module:function factory the checkpoints may name "
+                             "as their architecture (repeatable); only built-in ones otherwise.")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 OVERRIDES = typer.Option([], "--set", help=SET_HELP)
 RESUME = typer.Option(None, "--resume", help="Continue the interrupted run in this directory from its saved state.")
@@ -85,7 +109,7 @@ RESUME = typer.Option(None, "--resume", help="Continue the interrupted run in th
 
 @app.command()
 @user_errors
-def train(config: Optional[Path] = typer.Argument(None, help="Run configuration (YAML)."),
+def train(config: Optional[Path] = typer.Argument(None, help="Run configuration (YAML); left out only with --resume."),
           set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
           resume: Optional[Path] = RESUME) -> None:
     """Train a model on labels: a teacher, or a student from scratch."""
@@ -94,7 +118,8 @@ def train(config: Optional[Path] = typer.Argument(None, help="Run configuration 
 
 @app.command()
 @user_errors
-def distill(config: Optional[Path] = typer.Argument(None, help="Run configuration (YAML) with a distill: section."),
+def distill(config: Optional[Path] = typer.Argument(None, help="Run configuration (YAML) with a distill: section; "
+                                                    "left out only with --resume."),
             set_: List[str] = OVERRIDES, overwrite: bool = OVERWRITE, quiet: bool = QUIET,
             resume: Optional[Path] = RESUME) -> None:
     """Distil a student from a teacher checkpoint, or train it with models that learn beside it (mutual, online)."""
@@ -146,11 +171,12 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A run directory or a .
              data_path: Optional[str] = typer.Option(None, help="Where that dataset's files are."),
              limit: Optional[int] = typer.Option(None, min=1, help="Use only this many test samples."),
              latency: bool = typer.Option(True, help="Measure CPU latency."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+             allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Accuracy, NLL, calibration, agreement, size and CPU latency of a checkpoint on its test set."""
 
     result = evaluate_checkpoint(checkpoint, teacher=teacher, dataset=dataset, data_path=data_path,
-                                 test_limit=limit, latency=latency)
+                                 test_limit=limit, latency=latency, allow_factories=allow_factory)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
@@ -166,6 +192,9 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A run directory or a .
         timing = result["latency"]
         typer.echo(f"  batch-1      {timing['batch1_median_ms']:.3f} ms median, {timing['batch1_p95_ms']:.3f} ms p95")
         typer.echo(f"  batch-256    {timing['batch256_samples_per_s']:,.0f} samples/s")
+        if not timing.get("stable", True):
+            typer.echo(f"  latency is unstable on this machine now ({timing.get('instability', 'rounds disagree')}); "
+                       "measure again on a quiet machine before comparing")
 
 
 @app.command()
@@ -199,9 +228,11 @@ def export(checkpoint: Path = typer.Argument(..., help="A run directory or a .sa
            output: Optional[Path] = typer.Option(None, "--output", "-o",
                                                  help="Where to write it (default: <run>/model.onnx or .pt2)."),
            tolerance: float = typer.Option(DEFAULT_TOLERANCE,
-                                           help="Largest absolute logit difference from PyTorch accepted.")) -> None:
+                                           help="Largest absolute logit difference from PyTorch accepted."),
+           allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Export a checkpoint's model (the student only) and verify it against PyTorch on its test set."""
-    result = export_model(checkpoint, format=format_, output=output, tolerance=tolerance)
+    result = export_model(checkpoint, format=format_, output=output, tolerance=tolerance,
+                          allow_factories=allow_factory)
     typer.echo(f"{result.path}: {result.parameters:,} parameters, {result.size_bytes / 1024:.1f} KiB")
     typer.echo(f"  verified on {result.samples} test samples: largest logit difference from PyTorch "
                f"{result.max_abs_diff:.2g} (tolerance {result.tolerance:g})")
@@ -216,16 +247,21 @@ def quantize(checkpoint: Path = typer.Argument(..., help="A run directory or a .
              calibration_dataset: Optional[str] = typer.Option(None, help="Calibrate on this dataset's training split."),
              calibration_path: Optional[str] = typer.Option(None, help="Where that dataset's files are."),
              output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                                   help="Where to write it (default: <run>/model.int8.onnx).")) -> None:
+                                                   help="Where to write it (default: <run>/model.int8.onnx)."),
+             allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Quantize a checkpoint's model to an int8 ONNX model and compare it with the fp32 one on the test set."""
     result = quantize_model(checkpoint, mode=mode, calibration_samples=calibration_samples,
-                            calibration_dataset=calibration_dataset, calibration_path=calibration_path, output=output)
+                            calibration_dataset=calibration_dataset, calibration_path=calibration_path, output=output,
+                            allow_factories=allow_factory)
     calibration = f", calibrated on {result.calibration_samples} samples" if result.calibration_samples else ""
     typer.echo(f"{result.path}: int8, {result.mode} quantization{calibration}")
+    drop = f"  ({-result.accuracy_drop_points:+.2f} points: DROP FLAGGED)" if result.accuracy_drop_flagged else ""
     typer.echo(f"  accuracy   fp32 {result.fp32_accuracy:.2%}  int8 {result.int8_accuracy:.2%}  "
-               f"on {result.samples:,} test samples")
+               f"on {result.samples:,} test samples{drop}")
     typer.echo(f"  size       fp32 {result.fp32_size_bytes / 1024:.1f} KiB  int8 {result.int8_size_bytes / 1024:.1f} KiB")
     typer.echo(f"  agreement  {result.agreement:.2%} of top-1 predictions")
+    for warning in result.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command("compress-report")
@@ -236,9 +272,10 @@ def compress_report_command(
         distilled: Path = typer.Option(..., help="The distilled student."),
         output_dir: Path = typer.Option(Path("compress-report"), "--output-dir", "-o",
                                         help="Where the ONNX models and the report go."),
-        threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: torch's).")) -> None:
+        threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: torch's)."),
+        allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Teacher and distilled student in fp32 and int8, and the student from scratch, measured in ONNX Runtime."""
-    result = compress_report(teacher, scratch, distilled, output_dir, threads=threads)
+    result = compress_report(teacher, scratch, distilled, output_dir, threads=threads, allow_factories=allow_factory)
     typer.echo(result.table)
     typer.echo(f"report written: {result.markdown}, {result.json} and {result.plot}")
 

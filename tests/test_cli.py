@@ -117,13 +117,13 @@ def test_report_writes_html_markdown_and_plots(tmp_path, teacher_run, student_ru
     result = invoke("report", teacher_run, student_run, "-o", output)
     assert_ok(result)
     assert "report.html" in result.stdout
-    for name in ("learning_curves.png", "comparison.png", "reliability.png"):
+    for name in ("learning_curves.png", "comparison.png", "reliability.png", "confusion.png"):
         assert (output / name).read_bytes().startswith(PNG_MAGIC), name
     markdown = (output / "report.md").read_text()
     html = (output / "report.html").read_text()
     for name in (teacher_run.name, student_run.name):
         assert f"### {name}" in markdown and f"<h3>{name}</h3>" in html
-    assert html.count("data:image/png;base64,") == 3
+    assert html.count("data:image/png;base64,") == 4
 
 
 @pytest.mark.parametrize("args", [["--help"], ["demo", "--help"]], ids=["app", "demo"])

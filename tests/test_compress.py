@@ -2,6 +2,7 @@
 import json
 import re
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -13,7 +14,14 @@ from torch import nn
 from cli_helpers import DIGITS_TEST_SAMPLES, PNG_MAGIC, assert_ok, assert_user_error, invoke, snapshot
 from distillery import compress_report, export_model, quantize_model
 from distillery.compress import export as export_module
+from distillery.compress import quantize as quantize_module
+from distillery.compress import report as report_module
+from distillery.compress.calibration import CalibrationData, check_calibration_range
+from distillery.compress.export import write_verified
+from distillery.compress.quantize import quantize_onnx
+from distillery.compress.source import load_source
 from distillery.config import build_config
+from distillery.data import Normalizer
 from distillery.errors import DataError
 from distillery.models.checkpoint import load_model
 from distillery.runs import checkpoint_data, run
@@ -122,8 +130,8 @@ def test_static_quantization_of_a_convolutional_model(runs, tmp_path):
     assert abs(result.int8_accuracy - result.fp32_accuracy) <= 0.03
 
 
-def write_npz(path, side):
-    inputs = np.random.default_rng(0).random((40, 1, side, side), dtype=np.float32)
+def write_npz(path, side, scale=1.0):
+    inputs = np.random.default_rng(0).random((40, 1, side, side), dtype=np.float32) * np.float32(scale)
     labels = np.arange(40) % 10
     np.savez(path, x_train=inputs, y_train=labels, x_test=inputs[:10], y_test=labels[:10])
     return path
@@ -133,6 +141,8 @@ def test_calibration_from_another_dataset(runs, tmp_path):
     result = quantize_model(runs["teacher"], mode="static", calibration_dataset="npz", calibration_samples=30,
                             calibration_path=str(write_npz(tmp_path / "other.npz", 8)), output=tmp_path / "t.onnx")
     assert result.calibration_samples == 30 and result.int8_accuracy > 0.5
+    # Random 0..1 images are on the digits' own scale: nothing to say about them.
+    assert not any("calibration data" in warning and "scale" in warning for warning in result.warnings)
     with pytest.raises(DataError, match=r"\(1, 4, 4\).*\(1, 8, 8\)"):
         quantize_model(runs["teacher"], calibration_dataset="npz", output=tmp_path / "small.onnx",
                        calibration_path=str(write_npz(tmp_path / "small.npz", 4)))
@@ -157,6 +167,8 @@ def test_compress_report_measures_five_models_without_touching_the_runs(runs, tm
         assert 0.5 < row["accuracy"] <= 1.0
         latency = row["latency"]
         assert latency["batch1_p95_ms"] >= latency["batch1_median_ms"] > 0 and latency["batch256_samples_per_s"] > 0
+        assert latency["torch_version"] == torch.__version__ and latency["cpu"] and latency["threads"] >= 1
+        assert latency["runtime"] == f"onnxruntime {onnxruntime.__version__}" and isinstance(latency["stable"], bool)
     rows = {(row["model"], row["precision"]): row for row in document["rows"]}
     assert rows[("teacher", "int8")]["size_bytes"] < rows[("teacher", "fp32")]["size_bytes"]
     assert rows[("distilled", "int8")]["size_bytes"] < rows[("distilled", "fp32")]["size_bytes"]
@@ -179,15 +191,20 @@ def test_a_forward_the_exporters_cannot_capture(tmp_path):
     run_dir = run(build_config({**COMMON, "output_dir": str(tmp_path / "untraceable"), "train": {"epochs": 1},
                                 "model": {"name": "untraceable_model:make"}}))
     before = snapshot(run_dir)
-    assert_user_error(invoke("export", run_dir), "cannot export", "to ONNX", "data-dependent")
-    assert_user_error(invoke("export", run_dir, "--format", "pt2"), "cannot export", "torch.export (.pt2)",
-                      "data-dependent")
+    # The checkpoint names a factory: only the user's own --allow-factory lets it be built.
+    assert_user_error(invoke("export", run_dir), "'untraceable_model:make'", "--allow-factory")
+    allowed = ("--allow-factory", "untraceable_model:make")
+    assert_user_error(invoke("export", run_dir, *allowed), "cannot export", "to ONNX", "data-dependent")
+    assert_user_error(invoke("export", run_dir, "--format", "pt2", *allowed), "cannot export",
+                      "torch.export (.pt2)", "data-dependent")
     assert snapshot(run_dir) == before
 
 
 def test_exceeding_the_tolerance_fails_saying_by_how_much(runs, tmp_path):
     target = tmp_path / "model.onnx"
-    message = assert_user_error(invoke("export", runs["distilled"], "-o", target, "--tolerance", "0"),
+    # The teacher: its batch norms are folded into the convolutions, so the export never rounds exactly like
+    # PyTorch (the MLP student's export can match it bit for bit, single-threaded).
+    message = assert_user_error(invoke("export", runs["teacher"], "-o", target, "--tolerance", "0"),
                                 "differs from PyTorch by up to", "tolerance 0")
     # The measured difference is float rounding: above zero, far below the default tolerance.
     difference = float(re.search(r"by up to (\S+) on", message).group(1))
@@ -231,3 +248,91 @@ def test_options_that_do_not_apply(runs, tmp_path):
     assert_user_error(invoke("quantize", runs["distilled"], "--calibration-samples", "100"),
                       "dynamic quantization needs no calibration", "no convolutions")
     assert_user_error(invoke("export", runs["distilled"], "--tolerance", "-1"), "tolerance must be a number >= 0")
+
+
+# ---------------------------------------------------------------- calibration on the model's scale, int8 drops flagged
+
+
+def test_calibration_data_on_another_scale_is_refused_in_one_line(runs, tmp_path):
+    pixels = write_npz(tmp_path / "pixels.npz", 8, scale=255)  # 0..255 floats for a model of 0..1 digits
+    message = assert_user_error(invoke("quantize", runs["teacher"], "--calibration-dataset", "npz",
+                                       "--calibration-path", pixels, "-o", tmp_path / "model.int8.onnx"),
+                                str(pixels), "is not on the model's input scale", "test inputs span 0..1 (",
+                                "model.json's preprocessing: mean [", "divided by 255")
+    assert re.search(r"its values span [0-9.e-]+\.\.255 where", message)
+    assert re.search(r"spread [0-9.]+x wider", message)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pixels.npz"]
+
+
+def test_calibration_data_somewhat_off_scale_is_quantized_with_a_warning(runs, tmp_path):
+    wide = write_npz(tmp_path / "wide.npz", 8, scale=4)  # 0..4: off, but not off enough to be sure
+    result = quantize_model(runs["teacher"], calibration_dataset="npz", calibration_path=str(wide),
+                            output=tmp_path / "wide.int8.onnx")
+    assert result.path.exists()
+    assert result.warnings[0].startswith(f"calibration data {wide} (train) is on a somewhat different scale")
+    assert re.search(r"values span [0-9.e-]+\.\.4 where .* spread [0-9.]+x wider", result.warnings[0])
+
+
+def fake_source(test_inputs, normalizer=None):
+    """What the range check reads of a checkpoint: its test inputs (in its preprocessing) and that preprocessing."""
+    metadata = {"preprocessing": normalizer.to_dict() if normalizer is not None else None}
+    return SimpleNamespace(stem="runs/model/model", metadata=metadata,
+                           data=SimpleNamespace(test=SimpleNamespace(inputs=test_inputs), normalizer=normalizer))
+
+
+def test_the_range_check_follows_the_recorded_preprocessing():
+    unit = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # 0..1 images
+    raw_model = fake_source(unit)  # model.json: "preprocessing": null, raw inputs
+    assert check_calibration_range(raw_model, unit.flip(0), "same scale") is None
+    with pytest.raises(DataError, match=r"pixels .*\(model.json records no preprocessing: raw inputs\).*255x wider"):
+        check_calibration_range(raw_model, unit * 255, "pixels")
+    # A model trained on raw 0..255 pixels, calibrated on 0..1 ones.
+    with pytest.raises(DataError, match=r"span [0-9.e-]+\.\.1 where .* span [0-9.e-]+\.\.255 .*255x narrower"):
+        check_calibration_range(fake_source(unit * 255), unit, "scaled")
+    # With a recorded normaliser, both sides are compared in its output and reported on the raw scale.
+    normalizer = Normalizer((0.5,), (0.29,))
+    normalised_model = fake_source(normalizer(unit), normalizer)
+    assert check_calibration_range(normalised_model, normalizer(unit.flip(0)), "same scale") is None
+    with pytest.raises(DataError, match=r"span [0-9.e-]+\.\.255 where .*mean \[0\.5\], std \[0\.29\]"):
+        check_calibration_range(normalised_model, normalizer(unit * 255), "pixels")
+    warning = check_calibration_range(normalised_model, normalizer(unit * 3), "tripled")
+    assert warning.startswith("calibration data tripled is on a somewhat different scale")
+    assert "3x wider" in warning and "standard deviations off centre" in warning
+
+
+def test_an_int8_accuracy_drop_is_flagged_in_the_result(runs, tmp_path):
+    source = load_source(runs["teacher"])
+    fp32 = write_verified(source, "onnx", tmp_path / "fp32.onnx", 1e-4)
+    # Calibrated on one constant image, the activation ranges are far too narrow for real digits.
+    result = quantize_onnx(source, fp32.path, tmp_path / "blank.int8.onnx", torch.zeros(64, 1, 8, 8))
+    assert result.accuracy_drop_points == pytest.approx(100 * (result.fp32_accuracy - result.int8_accuracy))
+    assert result.accuracy_drop_points > 1 and result.accuracy_drop_flagged
+    assert len(result.warnings) == 1
+    assert f"is {result.accuracy_drop_points:.2f} points below fp32's" in result.warnings[0]
+    assert "calibration data is preprocessed like the model's inputs" in result.warnings[0]
+
+
+def test_the_quantize_command_flags_an_accuracy_drop(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize_module, "calibration_inputs", lambda *args: CalibrationData(torch.zeros(64, 1, 8, 8)))
+    result = invoke("quantize", runs["teacher"], "-o", tmp_path / "blank.int8.onnx")
+    assert_ok(result)
+    accuracy_line = next(line for line in result.stdout.splitlines() if line.strip().startswith("accuracy"))
+    assert re.search(r"on 360 test samples  \(-[0-9]+\.[0-9]{2} points: DROP FLAGGED\)$", accuracy_line)
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: int8 accuracy ")
+
+
+def test_the_compress_report_compares_no_unstable_latency(runs, tmp_path, monkeypatch):
+    timings = iter([{"stable": False, "instability": "batch-1 round medians range 0.039-0.16 ms, more than 25% apart"}]
+                   + [{"stable": True, "instability": None}] * 4)
+
+    def fake_latency(session, input_shape):
+        return {"batch1_median_ms": 0.1, "batch1_p95_ms": 0.2, "batch256_samples_per_s": 1e5, "threads": 1,
+                "cpu": "test CPU", "torch_version": torch.__version__, **next(timings)}
+
+    monkeypatch.setattr(report_module, "session_latency", fake_latency)
+    result = compress_report(runs["teacher"], runs["scratch"], runs["distilled"], tmp_path / "out")
+    text = result.markdown.read_text()
+    assert "latency 1.00×" not in text and text.count("batch-1 latency not compared (a measurement was unstable)") == 3
+    assert "- teacher fp32: latency measurement unstable (batch-1 round medians range 0.039-0.16 ms" in text
+    assert "| 0.100 (unstable) | 0.200 | 100,000 (unstable) |" in text and "(test CPU, 1 threads)" in text

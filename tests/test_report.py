@@ -172,3 +172,140 @@ def test_a_loss_is_worded_as_widening_the_gap():
     table = comparison_table([record("t", "teacher", 0.95), record("s", "scratch", 0.90), record("d", "distilled", 0.89)])
     assert "by -1.00 points" in table and "widening the teacher–scratch gap by 20%" in table
     assert "closing" not in table
+
+
+# ---------------------------------------------------------------- trustworthy speed claims
+
+
+def _set_latency(run_dir: Path, **fields) -> None:
+    path = run_dir / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    evaluation["latency"] |= fields
+    path.write_text(json.dumps(evaluation))
+
+
+def test_an_unstable_latency_makes_no_speed_claim(run_dirs, tmp_path):
+    reason = "batch-1 round medians range 0.039-0.16 ms, more than 25% apart"
+    _set_latency(run_dirs[0], stable=False, instability=reason)  # the teacher, which every ratio divides
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    table = comparison_table(runs)
+    assert "faster" not in table and "slower" not in table
+    assert f"scratch: student is 20.0× smaller than the teacher; speed not compared: the latency measurement of " \
+           f"teacher was unstable ({reason})" in table
+    assert "| 2.000 / 3.000 ms (unstable) | 51,234 samples/s (unstable) |" in table
+    page = write_report(run_dirs, tmp_path / "report")["html"].read_text()
+    assert "faster" not in page and "speed not compared" in page and "2.000 / 3.000 ms (unstable)" in page
+
+
+def test_latencies_measured_under_different_conditions_are_not_compared(run_dirs):
+    _set_latency(run_dirs[0], threads=16, cpu="big server", torch_version="2.5.1", stable=True, instability=None)
+    _set_latency(run_dirs[1], threads=1, cpu="big server", torch_version="2.5.1", stable=True, instability=None)
+    table = comparison_table([load_run(run_dir) for run_dir in run_dirs[:2]])
+    assert "faster" not in table and "speed not compared: latencies measured under different conditions " \
+                                       "(threads 16 vs 1)" in table
+    _set_latency(run_dirs[1], threads=16)
+    assert "4.0× faster at batch 1" in comparison_table([load_run(run_dir) for run_dir in run_dirs[:2]])
+
+
+def _capture_figures(monkeypatch) -> list:
+    from distillery.eval import plots
+
+    captured, save = [], plots._save
+
+    def capture(fig, path):
+        captured.append(fig)
+        fig.draw_without_rendering()
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return captured
+
+
+def test_latency_axis_never_starts_below_zero(tmp_path, monkeypatch):
+    from distillery.eval.plots import plot_comparison
+
+    figures = _capture_figures(monkeypatch)
+    # Margins around 0.01 ms and 5 ms would otherwise reach about -1.2 ms.
+    runs = [RunRecord(tmp_path, name, "scratch", evaluation={"accuracy": 0.9, "parameters": 10,
+                                                              "latency": {"batch1_median_ms": latency}})
+            for name, latency in (("fast", 0.01), ("slow", 5.0))]
+    plot_comparison(runs, tmp_path / "comparison.png")
+    left, right = figures[0].axes[1].get_xlim()
+    assert left == 0.0 and right > 5.0
+
+
+def test_reliability_bars_show_how_many_samples_they_hold(run_dirs, tmp_path, monkeypatch):
+    from distillery.eval.plots import plot_reliability
+
+    figures = _capture_figures(monkeypatch)
+    plot_reliability([load_run(run_dirs[0])], tmp_path / "reliability.png")
+    ax = figures[0].axes[0]
+    # The fixture's non-empty bins hold 5, 12, 30, 60, 120, 400 and 2000 samples, in that order.
+    assert [text.get_text() for text in ax.texts] == ["5", "12", "30", "60", "120", "400", "2,000"]
+    alphas = [patch.get_alpha() for patch in ax.patches]
+    assert len(alphas) == 7 and alphas == sorted(alphas) and alphas[0] < 0.25 < 0.8 < alphas[-1]
+
+
+# ---------------------------------------------------------------- per-class results
+
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def _add_per_class(run_dir: Path, omitted_accuracy: int, class_names=CLASS_NAMES) -> None:
+    """100 test images per class, 90 right; class 3 ("Dress") gets ``omitted_accuracy`` right."""
+    size = len(class_names)
+    matrix = [[0] * size for _ in range(size)]
+    for true in range(size):
+        right = omitted_accuracy if true == 3 else 90
+        matrix[true][true], matrix[true][(true + 1) % size] = right, 100 - right
+    path = run_dir / "evaluation.json"
+    evaluation = json.loads(path.read_text())
+    evaluation |= {"per_class": {"accuracy": [row[index] / 100 for index, row in enumerate(matrix)],
+                                 "samples": [100] * size}, "confusion_matrix": matrix}
+    path.write_text(json.dumps(evaluation))
+    metadata = json.loads((run_dir / "model.json").read_text())
+    (run_dir / "model.json").write_text(json.dumps(metadata | {"class_names": class_names}))
+
+
+def test_per_class_table_and_confusion_plot_read_an_omitted_class_experiment(run_dirs, tmp_path):
+    for run_dir, omitted in zip(run_dirs, (95, 90, 42)):  # the distilled student never saw a Dress
+        _add_per_class(run_dir, omitted)
+    paths = write_report(run_dirs, tmp_path / "report")
+    assert paths["confusion"].read_bytes().startswith(PNG_MAGIC) and len(paths["confusion"].read_bytes()) > 1024
+    text = paths["markdown"].read_text()
+    assert "## Per-class test accuracy" in text and "(confusion.png)" in text
+    assert "| class | teacher | scratch | distilled &lt;kd&gt; | test samples |" in text
+    assert "| Dress | 95.00% | 90.00% | 42.00% | 100 |" in text
+    assert "| T-shirt/top | 90.00% | 90.00% | 90.00% | 100 |" in text
+    page = paths["html"].read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 4
+    assert "<h2>Per-class test accuracy</h2>" in page
+    assert "<tr><td>Dress</td><td>95.00%</td><td>90.00%</td><td>42.00%</td><td>100</td></tr>" in page
+
+
+def test_runs_over_other_classes_and_old_runs_share_the_per_class_table(run_dirs, tmp_path):
+    _add_per_class(run_dirs[0], 95)
+    _add_per_class(run_dirs[2], 42, class_names=["Dress", "Coat", "Bag", "Shirt"])  # trained on four classes
+    # run_dirs[1] is an old evaluation.json without per-class results.
+    text = write_report(run_dirs, tmp_path / "report")["markdown"].read_text()
+    assert "| Dress | 95.00% | – | 90.00% | 100 |" in text  # index 0 of the four-class run
+    assert "| Shirt | 90.00% | – | 42.00% | 100 |" in text  # index 3 of the four-class run
+    assert "| Trouser | 90.00% | – | – | 100 |" in text
+
+
+def test_old_evaluation_files_give_the_report_they_always_did(run_dirs, tmp_path):
+    paths = write_report(run_dirs, tmp_path / "report")
+    assert "confusion" not in paths and not (tmp_path / "report" / "confusion.png").exists()
+    text = paths["markdown"].read_text()
+    assert "Per-class" not in text and "scratch: student is 20.0× smaller and 4.0× faster at batch 1" in text
+
+
+def test_class_indices_stand_in_for_missing_or_mismatched_class_names(run_dirs, tmp_path):
+    _add_per_class(run_dirs[2], 42, class_names=[str(index) for index in range(10)])
+    metadata = json.loads((run_dirs[2] / "model.json").read_text())
+    (run_dirs[2] / "model.json").write_text(json.dumps(metadata | {"class_names": ["only", "two"]}))
+    evaluation = json.loads((run_dirs[0] / "evaluation.json").read_text())
+    (run_dirs[0] / "evaluation.json").write_text(json.dumps(evaluation | {"confusion_matrix": [[1, 2], [3]]}))
+    paths = write_report(run_dirs, tmp_path / "report")  # the malformed matrix is skipped, not drawn
+    assert "| 3 | – | – | 42.00% | 100 |" in paths["markdown"].read_text()
+    assert paths["confusion"].read_bytes().startswith(PNG_MAGIC)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class ExportResult:
 
 
 def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | Path | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE) -> ExportResult:
+                 tolerance: float = DEFAULT_TOLERANCE, allow_factories: Collection[str] = ()) -> ExportResult:
     """Export the model of a checkpoint of ours to ``format`` ("onnx" or "pt2") and verify it.
 
     The artifact's outputs on a batch of the checkpoint's own test set (in its recorded preprocessing)
@@ -52,7 +52,7 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ConfigError(f"tolerance must be a number >= 0 (absolute, on logits), got {tolerance!r}")
-    source = load_source(checkpoint)
+    source = load_source(checkpoint, allow_factories)
     target = Path(output) if output is not None else source.stem.with_suffix(f".{format}")
     return write_verified(source, format, target, tolerance)
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -11,7 +11,7 @@ import torch
 
 from distillery.data import ArrayDataset
 from distillery.errors import ConfigError
-from distillery.eval.latency import time_inference
+from distillery.eval.latency import measurement_environment, time_inference
 
 # Only errors: a session otherwise warns on stderr about graph details a user cannot act on.
 _ERRORS_ONLY = 3
@@ -58,16 +58,18 @@ def session_accuracy(session: onnxruntime.InferenceSession, dataset: ArrayDatase
 
 
 def session_latency(session: onnxruntime.InferenceSession, input_shape: Sequence[int],
-                    batch1_repeats: int = 200) -> dict[str, float | int]:
+                    batch1_repeats: int = 200) -> dict[str, Any]:
     """Batch-1 median and p95 latency (ms) and batch-256 throughput (samples/s), with the keys of
-    :func:`distillery.eval.latency.measure_latency`, measured in ONNX Runtime.
+    :func:`distillery.eval.latency.measure_latency` (stability, threads, CPU, torch version), measured in
+    ONNX Runtime; ``runtime`` names its version.
 
     Example: ``session_latency(session, (1, 28, 28))["batch1_median_ms"]``
     """
     name = session.get_inputs()[0].name
     timings = time_inference(lambda inputs: session.run(None, {name: inputs}), input_shape,
                              batch1_repeats=batch1_repeats, to_input=lambda tensor: tensor.numpy())
-    return {**timings, "threads": session.get_session_options().intra_op_num_threads}
+    threads = session.get_session_options().intra_op_num_threads
+    return {**timings, **measurement_environment(threads), "runtime": f"onnxruntime {onnxruntime.__version__}"}
 
 
 def graph_parameters(path: str | Path) -> int:

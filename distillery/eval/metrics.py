@@ -1,6 +1,7 @@
 """Classification metrics as pure functions of logits and labels, and `predict` to get them.
 
-Logits are [N, C], labels are [N] class indices; every metric returns a Python float.
+Logits are [N, C], labels are [N] class indices; every scalar metric returns a Python float, the per-class
+ones JSON-ready lists.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distillery.errors import DataError
+
+MAX_CONFUSION_CLASSES = 256  # above this, evaluation.json records per-class accuracy but no confusion matrix
 
 
 def _check_pair(logits: Tensor, labels: Tensor, labels_name: str = "labels") -> None:
@@ -101,6 +104,48 @@ def reliability_bins(logits: Tensor, labels: Tensor, bins: int = 15) -> dict[str
         "confidence": [c / n if n else None for c, n in zip(confidence_sum.tolist(), counts)],
         "count": counts,
     }
+
+
+def _class_indices(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(labels, predictions) as CPU int64, checked to be class indices of the logits' columns."""
+    _check_pair(logits, labels)
+    classes = logits.shape[1]
+    labels = labels.detach().cpu().long()
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise ValueError(f"labels must be class indices 0..{classes - 1}, "
+                         f"found {int(labels.min())}..{int(labels.max())}")
+    return labels, logits.detach().cpu().argmax(dim=1)
+
+
+def confusion_matrix(logits: Tensor, labels: Tensor) -> list[list[int]]:
+    """Counts of [true class][predicted class], C x C where C is the logits' number of columns.
+
+    Raises ValueError for a label outside 0..C-1.
+    Example: `confusion_matrix(torch.tensor([[2.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1])) == [[1, 0], [1, 0]]`.
+    """
+    labels, predictions = _class_indices(logits, labels)
+    classes = logits.shape[1]
+    counts = torch.bincount(labels * classes + predictions, minlength=classes * classes)
+    return counts.reshape(classes, classes).tolist()
+
+
+def per_class_results(logits: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Per-class accuracy (recall) with sample counts, and the confusion matrix, indexed by class index.
+
+    Returns `{"per_class": {"accuracy": [C floats, None for a class without test samples], "samples": [C ints]},
+    "confusion_matrix": [[C ints] per true class]}`; the matrix only for up to MAX_CONFUSION_CLASSES (256)
+    classes, as C² numbers would swamp evaluation.json. Raises ValueError as :func:`confusion_matrix`.
+    Example: `per_class_results(logits, labels)["per_class"]["accuracy"][3]` is class 3's accuracy.
+    """
+    labels, predictions = _class_indices(logits, labels)
+    classes = logits.shape[1]
+    samples = torch.bincount(labels, minlength=classes).tolist()
+    correct = torch.bincount(labels[predictions == labels], minlength=classes).tolist()
+    accuracies = [right / count if count else None for right, count in zip(correct, samples)]
+    results: dict[str, Any] = {"per_class": {"accuracy": accuracies, "samples": samples}}
+    if classes <= MAX_CONFUSION_CLASSES:
+        results["confusion_matrix"] = confusion_matrix(logits, labels)
+    return results
 
 
 @contextlib.contextmanager

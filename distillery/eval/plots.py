@@ -20,6 +20,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from distillery.atomic import atomic_write  # noqa: E402
+from distillery.eval.latency import unstable_reason  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,6 +33,7 @@ _MIN_MARKER_AREA = 25.0  # keeps a tiny student visible next to a huge teacher
 _DPI = 120
 _LABEL_HEIGHT = 12.0  # pt, one line of 9-pt text with spacing
 _LABEL_CHAR_WIDTH = 5.4  # pt, a rough average for 9-pt sans-serif
+_MIN_BAR_ALPHA, _MAX_BAR_ALPHA = 0.12, 0.85  # a reliability bar of one sample, and of the fullest bin
 
 
 def plot_learning_curves(runs: Sequence[RunRecord], path: str | Path) -> Path:
@@ -116,7 +118,8 @@ def plot_reliability(runs: Sequence[RunRecord], path: str | Path) -> Path:
         ax.set_visible(False)
     # One legend for all panels, below them, so it never sits on a bar.
     legend_handles = [
-        Patch(facecolor="lightgray", edgecolor="black", label="accuracy of the samples in a confidence bin"),
+        Patch(facecolor="lightgray", edgecolor="black",
+              label="accuracy of the samples in a confidence bin (number and opacity: how many)"),
         Line2D([], [], linestyle="--", color="gray", label="perfect calibration"),
     ]
     fig.legend(handles=legend_handles, loc="outside lower center", ncols=2, fontsize=9)
@@ -133,7 +136,8 @@ def _draw_latency_scatter(ax, runs, colors, accuracies) -> None:
             continue
         area = _MAX_MARKER_AREA * count / largest if count and largest else _MIN_MARKER_AREA
         ax.scatter(latency, accuracy, s=max(area, _MIN_MARKER_AREA), color=color, alpha=0.6, edgecolors="black")
-        labels.append((run.name, latency, accuracy, math.sqrt(max(area, _MIN_MARKER_AREA)) / 2))
+        unstable = " (unstable timing)" if unstable_reason(run.evaluation.get("latency")) else ""
+        labels.append((run.name + unstable, latency, accuracy, math.sqrt(max(area, _MIN_MARKER_AREA)) / 2))
     ax.set_xlabel("batch-1 latency, median (ms)")
     ax.set_ylabel("test accuracy (%)")
     size_note = f", largest {_short_count(largest)}" if largest else ""
@@ -142,8 +146,9 @@ def _draw_latency_scatter(ax, runs, colors, accuracies) -> None:
     if not labels:
         _say_empty(ax, "no latency measured")
         return
-    # Room for the largest marker at the edges of the data.
+    # Room for the largest marker at the edges of the data, but no negative latencies.
     ax.margins(x=0.25, y=0.25)
+    ax.set_xlim(left=max(0.0, ax.get_xlim()[0]))
     _annotate_points(ax, labels)
 
 
@@ -179,19 +184,26 @@ def _annotate_points(ax, labels: list[tuple[str, float, float, float]]) -> None:
 
 
 def _draw_reliability(ax, run: RunRecord, color) -> None:
+    """One panel; each bar's opacity grows with the square root of its bin's sample count, which is written on it.
+
+    A bin of 2 samples says little about calibration; drawn as solid as one of 300 it would read as evidence.
+    """
     reliability = run.evaluation.get("reliability") or {}
     edges = reliability.get("bin_edges") or []
     accuracy = reliability.get("accuracy") or []
     counts = reliability.get("count") or []
-    lefts, widths, heights = [], [], []
+    bars = []
     for index, (bin_accuracy, count) in enumerate(zip(accuracy, counts)):
         # Empty bins carry no evidence; drawing them as zero-height bars would look like total miscalibration.
-        if not count or bin_accuracy is None or index + 1 >= len(edges):
+        if not _is_number(count) or count <= 0 or bin_accuracy is None or index + 1 >= len(edges):
             continue
-        lefts.append(edges[index])
-        widths.append(edges[index + 1] - edges[index])
-        heights.append(bin_accuracy)
-    ax.bar(lefts, heights, width=widths, align="edge", color=color, alpha=0.75, edgecolor="black")
+        bars.append((edges[index], edges[index + 1] - edges[index], bin_accuracy, int(count)))
+    largest = max((count for *_, count in bars), default=1)
+    for left, width, height, count in bars:
+        ax.bar(left, height, width=width, align="edge", color=color, edgecolor="black", linewidth=0.6,
+               alpha=_MIN_BAR_ALPHA + (_MAX_BAR_ALPHA - _MIN_BAR_ALPHA) * math.sqrt(count / largest))
+        ax.text(left + width / 2, 0.015, f"{count:,}", rotation=90, ha="center", va="bottom", fontsize=6)
+    heights = [height for _, _, height, _ in bars]
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from distillery.atomic import atomic_write_text
 from distillery.errors import DistilleryError
+from distillery.eval.confusion_plot import confusion_of, plot_confusion
+from distillery.eval.latency import environment_difference, unstable_reason
+from distillery.eval.per_class import per_class_html, per_class_markdown
 from distillery.eval.plots import _is_number, _nested, plot_comparison, plot_learning_curves, plot_reliability
 
 _REQUIRED_FILES = ("metrics.jsonl", "evaluation.json", "model.json")
@@ -25,8 +28,13 @@ _COLUMNS = (
 _FIGURES = (
     ("learning_curves", "learning_curves.png", "Learning curves: training loss parts and validation accuracy per epoch."),
     ("comparison", "comparison.png", "Test accuracy per model, and accuracy against batch-1 latency (marker area ∝ parameters)."),
-    ("reliability", "reliability.png", "Reliability diagrams: accuracy per confidence bin; the dashed diagonal is perfect calibration."),
+    ("reliability", "reliability.png", "Reliability diagrams: accuracy per confidence bin (number and opacity: its "
+     "samples); the dashed diagonal is perfect calibration."),
+    ("confusion", "confusion.png", "Confusion matrices: test samples of each true class (rows) by predicted class "
+     "(columns), coloured by share of the row."),
 )
+_PLOTTERS = {"learning_curves": plot_learning_curves, "comparison": plot_comparison, "reliability": plot_reliability,
+             "confusion": plot_confusion}
 
 
 @dataclass
@@ -86,8 +94,12 @@ def comparison_table(runs: Sequence[RunRecord]) -> str:
 def write_report(
     run_dirs: Sequence[str | Path], output_dir: str | Path, title: str = "Distillation report"
 ) -> dict[str, Path]:
-    """Write report.md, report.html and three PNG plots comparing the given runs into ``output_dir``.
+    """Write report.md, report.html and the PNG plots comparing the given runs into ``output_dir``.
 
+    Returns the paths by key: markdown, html, learning_curves, comparison, reliability, and confusion (a
+    confusion matrix per run, written only when some run's evaluation.json records one). Both documents hold
+    a per-class accuracy table when some run records per-class results. Raises DistilleryError for no runs
+    or a directory that is not a finished run.
     Example: ``write_report(["runs/teacher", "runs/scratch", "runs/kd"], "runs/report")["html"]``
     """
     if not run_dirs:
@@ -95,11 +107,17 @@ def write_report(
     runs = [load_run(run_dir) for run_dir in run_dirs]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    plotters = {"learning_curves": plot_learning_curves, "comparison": plot_comparison, "reliability": plot_reliability}
-    paths = {key: plotters[key](runs, output_dir / file_name) for key, file_name, _ in _FIGURES}
-    paths["markdown"] = atomic_write_text(output_dir / "report.md", _render_markdown(runs, title))
-    paths["html"] = atomic_write_text(output_dir / "report.html", _render_html(runs, title, paths))
-    return {key: paths[key] for key in ("markdown", "html", "learning_curves", "comparison", "reliability")}
+    figures = _figures(runs)
+    paths = {key: _PLOTTERS[key](runs, output_dir / file_name) for key, file_name, _ in figures}
+    paths["markdown"] = atomic_write_text(output_dir / "report.md", _render_markdown(runs, title, figures))
+    paths["html"] = atomic_write_text(output_dir / "report.html", _render_html(runs, title, figures, paths))
+    return {"markdown": paths.pop("markdown"), "html": paths.pop("html"), **paths}
+
+
+def _figures(runs: Sequence[RunRecord]) -> list[tuple[str, str, str]]:
+    # A confusion plot only when there is a matrix to draw: older evaluation.json files have none.
+    has_confusion = any(confusion_of(run) is not None for run in runs)
+    return [figure for figure in _FIGURES if figure[0] != "confusion" or has_confusion]
 
 
 def _read_json_object(path: Path) -> dict:
@@ -140,8 +158,10 @@ def _table_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
         evaluation = run.evaluation
         latency = evaluation.get("latency") or {}
         median, p95 = latency.get("batch1_median_ms"), latency.get("batch1_p95_ms")
+        # A timing whose own rounds disagree is shown, but marked: the number alone would look as good as any.
+        unstable = " (unstable)" if unstable_reason(latency) else ""
         if _is_number(median) or _is_number(p95):
-            latency_text = f"{_fixed(median, 3)} / {_fixed(p95, 3)} ms"
+            latency_text = f"{_fixed(median, 3)} / {_fixed(p95, 3)} ms{unstable}"
         else:
             latency_text = _MISSING
         throughput = latency.get("batch256_samples_per_s")
@@ -155,7 +175,7 @@ def _table_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
             f"{int(_parameters(run)):,}" if _is_number(_parameters(run)) else _MISSING,
             _human_size(evaluation.get("size_bytes")),
             latency_text,
-            f"{round(throughput):,} samples/s" if _is_number(throughput) else _MISSING,
+            f"{round(throughput):,} samples/s{unstable}" if _is_number(throughput) else _MISSING,
         ])
     return rows
 
@@ -168,7 +188,7 @@ def _summary_lines(runs: Sequence[RunRecord]) -> list[str]:
     if teacher is not None:
         for run in runs:
             if run.role != "teacher" and (sentence := _size_speed_sentence(run, teacher)):
-                lines.append(f"{run.name}: student is {sentence} than the teacher")
+                lines.append(f"{run.name}: {sentence}")
     if scratch is None:
         return lines
     for run in runs:
@@ -183,12 +203,27 @@ def _size_speed_sentence(student: RunRecord, teacher: RunRecord) -> str | None:
     if size_ratio is None:
         size_ratio = _ratio(_parameters(teacher), _parameters(student))
     speed_ratio = _ratio(*(_nested(run.evaluation, "latency", "batch1_median_ms") for run in (teacher, student)))
+    distrust = _speed_distrust(student, teacher) if speed_ratio is not None else None
     parts = []
     if size_ratio is not None:
         parts.append(_ratio_phrase(size_ratio, "smaller", "larger"))
-    if speed_ratio is not None:
+    if speed_ratio is not None and distrust is None:
         parts.append(_ratio_phrase(speed_ratio, "faster", "slower") + " at batch 1")
-    return " and ".join(parts) or None
+    sentence = f"student is {' and '.join(parts)} than the teacher" if parts else ""
+    if distrust is not None:
+        sentence += ("; " if sentence else "") + f"speed not compared: {distrust}"
+    return sentence or None
+
+
+def _speed_distrust(student: RunRecord, teacher: RunRecord) -> str | None:
+    """Why a batch-1 speed ratio would mislead: a measurement's own spread, or unlike conditions; None if neither."""
+    latencies = {run.name: run.evaluation.get("latency") for run in (teacher, student)}
+    for name, latency in latencies.items():
+        if reason := unstable_reason(latency):
+            return f"the latency measurement of {name} was unstable ({reason})"
+    if difference := environment_difference(*latencies.values()):
+        return f"latencies measured under different conditions ({difference})"
+    return None
 
 
 def _ratio(numerator, denominator) -> float | None:
@@ -266,10 +301,11 @@ def _describe_architecture(architecture) -> str | None:
     return f"{name} ({options})" if options else str(name)
 
 
-def _render_markdown(runs: Sequence[RunRecord], title: str) -> str:
+def _render_markdown(runs: Sequence[RunRecord], title: str, figures: list[tuple[str, str, str]]) -> str:
     parts = [f"# {_markdown_text(title)}", "", comparison_table(runs)]
-    for _, file_name, caption in _FIGURES:
+    for _, file_name, caption in figures:
         parts += [f"![{caption}]({file_name})", "", f"*{caption}*", ""]
+    parts += per_class_markdown(runs, _markdown_row)
     parts.append("## Runs")
     for run in runs:
         parts += ["", f"### {_markdown_text(run.name)}", ""]
@@ -287,7 +323,8 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; } d
 """
 
 
-def _render_html(runs: Sequence[RunRecord], title: str, image_paths: dict[str, Path]) -> str:
+def _render_html(runs: Sequence[RunRecord], title: str, figures: list[tuple[str, str, str]],
+                 image_paths: dict[str, Path]) -> str:
     escape = html.escape
     header = "".join(f"<th>{escape(column)}</th>" for column in _COLUMNS)
     body = "".join(
@@ -302,21 +339,20 @@ def _render_html(runs: Sequence[RunRecord], title: str, image_paths: dict[str, P
     summary = _summary_lines(runs)
     if summary:
         parts.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in summary) + "</ul>")
-    for key, _, caption in _FIGURES:
+    for key, _, caption in figures:
         # Embedded so the report is one file that can be mailed or archived without its PNGs.
         encoded = base64.b64encode(Path(image_paths[key]).read_bytes()).decode("ascii")
         parts.append(
             f'<figure><img src="data:image/png;base64,{encoded}" alt="{escape(caption)}">'
             f"<figcaption>{escape(caption)}</figcaption></figure>"
         )
+    parts.append(per_class_html(runs))
     parts.append("<h2>Runs</h2>")
     for run in runs:
         details = "".join(f"<dt>{escape(label)}</dt><dd>{escape(value)}</dd>" for label, value in _run_details(run))
         parts.append(f"<section><h3>{escape(run.name)}</h3><dl>{details}</dl></section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
 
 
 def _markdown_row(cells: Sequence[str]) -> str:
