@@ -72,7 +72,7 @@ def test_write_report_produces_all_files(run_dirs, tmp_path):
         data = paths[key].read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1024, key
     assert sorted(path.name for path in output_dir.iterdir()) == sorted(
-        ["report.md", "report.html", "learning_curves.png", "comparison.png", "reliability.png"]
+        ["report.md", "report.html", "learning_curves.png", "comparison.png", "reliability.png", ".distillery-report"]
     )
     assert not list(output_dir.glob("*.tmp"))
 

@@ -320,3 +320,15 @@ def test_a_failing_user_factory_shows_its_traceback_with_debug(tmp_path):
     assert result.exit_code == 2 and "Traceback" in result.stderr and "not mounted" in result.stderr
     with pytest.raises(ModelError, match="raising_model:make"):
         run(build_config(run_config(tmp_path / "run", model={"name": "raising_model:make"})))
+
+
+def test_a_report_goes_only_into_a_new_empty_or_earlier_report_folder(teachers, tmp_path):
+    folder = tmp_path / "my-notes"
+    folder.mkdir()
+    (folder / "report.md").write_text("my own report\n")
+    assert_user_error(invoke("report", teachers["raw"], "-o", folder), str(folder), "not a distillery report's")
+    assert (folder / "report.md").read_text() == "my own report\n" and len(list(folder.iterdir())) == 1
+    output = tmp_path / "report"
+    for _ in range(2):  # the second time it replaces its own files
+        assert invoke("report", teachers["raw"], "-o", output).exit_code == 0
+    assert (output / ".distillery-report").is_file()

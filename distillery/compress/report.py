@@ -17,6 +17,7 @@ from distillery.compress.source import CheckpointSource, load_source
 from distillery.errors import DataError
 from distillery.eval.latency import unstable_reason
 from distillery.eval.plots import plot_compression
+from distillery.output_dir import claim_output_dir
 
 QUANTIZED_ROLES = ("teacher", "distilled")
 _COLUMNS = ["model", "precision", "accuracy", "size on disk", "batch-1 median (ms)", "batch-1 p95 (ms)",
@@ -54,7 +55,7 @@ def compress_report(teacher: str | Path, scratch: str | Path, distilled: str | P
     sources = {role: load_source(path, allow_factories)
                for role, path in (("teacher", teacher), ("scratch", scratch), ("distilled", distilled))}
     _check_same_test_set(sources)
-    output_dir = Path(output_dir)
+    output_dir = claim_output_dir(output_dir, ".distillery-compress-report", "compress report")
     rows = []
     for role, source in sources.items():
         fp32 = write_verified(source, "onnx", output_dir / f"{role}.onnx", DEFAULT_TOLERANCE)

@@ -18,6 +18,7 @@ from distillery.eval.confusion_plot import confusion_of, plot_confusion
 from distillery.eval.latency import environment_difference, unstable_reason
 from distillery.eval.per_class import per_class_html, per_class_markdown
 from distillery.eval.plots import _is_number, _nested, plot_comparison, plot_learning_curves, plot_reliability
+from distillery.output_dir import claim_output_dir
 
 _REQUIRED_FILES = ("metrics.jsonl", "evaluation.json", "model.json")
 _MISSING = "–"
@@ -105,8 +106,7 @@ def write_report(
     if not run_dirs:
         raise DistilleryError("no run directories given; pass at least one directory written by `distillery train/distill`")
     runs = [load_run(run_dir) for run_dir in run_dirs]
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = claim_output_dir(output_dir, ".distillery-report", "report")  # never a folder of the user's
     figures = _figures(runs)
     paths = {key: _PLOTTERS[key](runs, output_dir / file_name) for key, file_name, _ in figures}
     paths["markdown"] = atomic_write_text(output_dir / "report.md", _render_markdown(runs, title, figures))
