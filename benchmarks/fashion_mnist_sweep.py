@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from distillery.api import evaluate, fit_method
-from distillery.config import DataConfig
+from distillery.app.config import DataConfig
+from distillery.app.data import prepare_data
+from distillery.app.evaluation import evaluate
+from distillery.app.fit import fit_method
 from distillery.data import BatchIterator
 from distillery.methods import create_method
 from distillery.models import build_model
-from distillery.runs import prepare_data
 from distillery.teachers import load_teacher
 from distillery.teachers.precomputed import precompute_logits
 

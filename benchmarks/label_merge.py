@@ -17,14 +17,14 @@ import json
 from pathlib import Path
 
 import torch
+from kd_vs_scratch import ROOT, finished_run, provenance, summarise
 
-from distillery.config import load_config
+from distillery.app.config_file import load_config
+from distillery.app.data import prepare_data
 from distillery.data import ArrayDataset, BatchIterator, Normalizer
 from distillery.eval.metrics import predict
 from distillery.models.checkpoint import load_model
-from distillery.runs import prepare_data
 from distillery.teachers.from_config import combine_teachers, load_teachers
-from kd_vs_scratch import ROOT, finished_run, provenance, summarise
 
 # dataset -> the teacher, scratch-student and distilled-student example configs the arms start from
 SETUPS = {

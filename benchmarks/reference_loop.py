@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distillery.api import distill, evaluate
-from distillery.config import DataConfig
+from distillery.app.api import distill
+from distillery.app.config import DataConfig
+from distillery.app.data import prepare_data
+from distillery.app.evaluation import evaluate
 from distillery.data import ArrayDataset, BatchIterator
-from distillery.runs import prepare_data
 
 EPOCHS, BATCH, TEMPERATURE, ALPHA, LR = 5, 64, 3.0, 0.5, 1e-3
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from distillery.api import fit_method
-from distillery.config import DataConfig
+from distillery.app.config import DataConfig
+from distillery.app.data import prepare_data
+from distillery.app.fit import fit_method
+from distillery.app.transfer import plan_transfer
 from distillery.data import Augmentation
 from distillery.methods import create_method
 from distillery.models import build_model
-from distillery.runs import prepare_data
-from distillery.teacher_outputs import plan_transfer
 from distillery.teachers import load_teacher
 
 STUDENTS = {"MLP 128": {"name": "mlp", "hidden": [128]},
@@ -47,12 +47,12 @@ def profile_epoch(method, batches) -> dict[str, float]:
     while True:
         mark = time.perf_counter()
         try:
-            inputs, labels, indices = next(iterator)
+            batch = next(iterator)
         except StopIteration:
             break
         parts["batches (index, normalise)"] += time.perf_counter() - mark
         mark = time.perf_counter()
-        output = method.step(inputs, labels, indices)
+        output = method.step(batch)
         parts["step (lookup, forward, loss)"] += time.perf_counter() - mark
         mark = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 import torch
+from suite_report import write_section
 
-from distillery.config import build_config, dump_config, load_config
+from distillery.app.config_file import build_config, dump_config, load_config
+from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.run import run
 from distillery.eval.latency import measure_latency
 from distillery.models.checkpoint import load_model
-from suite_report import write_section
-from distillery.runs import evaluate_checkpoint, run
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / "docs/benchmarks"

@@ -10,15 +10,17 @@ from typing import List, Optional
 
 import typer
 
+from distillery.app.config_file import load_config
+from distillery.app.demo import demo as run_demo
+from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.resume import resume_config
+from distillery.app.run import run
+from distillery.app.transfer import build_teacher_cache
+from distillery.app.tune import MAX_POINTS, parse_grid, tune
 from distillery.compress import DEFAULT_TOLERANCE, compress_report, export_model, quantize_model
-from distillery.config import load_config
-from distillery.demo import demo as run_demo
 from distillery.engine.distributed import is_main_process
 from distillery.errors import ConfigError, DistilleryError, TrainingInterrupted
 from distillery.eval.report import write_report
-from distillery.resume import resume_config
-from distillery.runs import build_teacher_cache, evaluate_checkpoint, run
-from distillery.tune import MAX_POINTS, parse_grid, tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a small student model from a large teacher, and measure what it bought.")

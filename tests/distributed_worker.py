@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from distillery.api import fit_method
+from distillery.app.fit import fit_method
 from distillery.cli import app
 from distillery.data import Normalizer, load_dataset, train_val_split
 from distillery.methods import create_method
@@ -37,9 +37,9 @@ def train_recording() -> tuple[dict[str, torch.Tensor], list[list[int]], list[di
     steps: list[list[int]] = []
     original_step = method.step
 
-    def recording_step(inputs, labels, indices):
-        steps.append(indices.tolist())
-        return original_step(inputs, labels, indices)
+    def recording_step(batch):
+        steps.append(batch.indices.tolist())
+        return original_step(batch)
 
     method.step = recording_step  # an instance attribute: DDP's wrapper calls method.step and finds it
     result = fit_method(method, train, val, epochs=EPOCHS, batch_size=GLOBAL_BATCH, lr=0.003, seed=0,

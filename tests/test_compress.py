@@ -9,10 +9,13 @@ import onnx
 import onnxruntime
 import pytest
 import torch
+from cli_helpers import DIGITS_TEST_SAMPLES, PNG_MAGIC, assert_ok, assert_user_error, invoke, snapshot
 from torch import nn
 
-from cli_helpers import DIGITS_TEST_SAMPLES, PNG_MAGIC, assert_ok, assert_user_error, invoke, snapshot
 from distillery import compress_report, export_model, quantize_model
+from distillery.app.config_file import build_config
+from distillery.app.data import checkpoint_data
+from distillery.app.run import run
 from distillery.compress import export as export_module
 from distillery.compress import quantize as quantize_module
 from distillery.compress import report as report_module
@@ -20,11 +23,9 @@ from distillery.compress.calibration import CalibrationData, check_calibration_r
 from distillery.compress.export import write_verified
 from distillery.compress.quantize import quantize_onnx
 from distillery.compress.source import load_source
-from distillery.config import build_config
 from distillery.data import Normalizer
 from distillery.errors import DataError
 from distillery.models.checkpoint import load_model
-from distillery.runs import checkpoint_data, run
 
 COMMON = {"data": {"dataset": "digits"}, "progress": False, "measure_latency": False}
 BUDGET = {"epochs": 2, "lr": 0.01, "batch_size": 64}

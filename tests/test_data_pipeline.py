@@ -192,7 +192,7 @@ def test_batches_drop_last_transform_and_bad_size():
     torch.testing.assert_close(inputs, dataset.inputs[indices] * 2 + 1)
     # Transform runs after augmentation: a shift's zero fill becomes exactly 1 after x * 2 + 1.
     shifted = BatchIterator(tagged_dataset(8), 8, augmentation=Augmentation(shift=2), transform=lambda x: x * 2 + 1)
-    assert float(next(iter(shifted))[0].min()) == 1.0
+    assert float(next(iter(shifted)).inputs.min()) == 1.0
     for bad in (0, -1, 2.5):
         with pytest.raises(ConfigError, match="batch_size"):
             BatchIterator(dataset, batch_size=bad)

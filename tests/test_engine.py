@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from distillery.engine import RunDirectory, Trainer, build_optimizer, build_scheduler, save_checkpoint
-from distillery.engine.checkpoint import load_checkpoint_files
+from distillery.engine import RunDirectory, Trainer, build_optimizer, build_scheduler
+from distillery.models.checkpoint_files import load_checkpoint_files, save_checkpoint
 from distillery.errors import CheckpointError, ConfigError, DataError, RunExistsError
 from distillery.methods import Supervised
 from distillery.models import build_model

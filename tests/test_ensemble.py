@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from distillery.config import build_config
+from distillery.app.config_file import build_config
+from distillery.app.method import build_method
+from distillery.app.run import run
+from distillery.app.teachers import teachers_and_data
 from distillery.errors import ConfigError, ModelError
 from distillery.models import build_model
-from distillery.runs import _method_for, run, teachers_and_data
 from distillery.teachers.ensemble import EnsembleTeacher
 
 COMMON = {"data": {"dataset": "digits", "val_fraction": 0.15}, "progress": False, "measure_latency": False}
@@ -104,7 +106,7 @@ def hinted_config(tmp_path, teachers, **distill):
 def test_feature_hints_come_from_the_chosen_ensemble_teacher(teachers, tmp_path):
     config = hinted_config(tmp_path, teachers, hint_teacher=1, kd_weight=1.0)
     _, _, ensemble = teachers_and_data(config)
-    method = _method_for(config, build_model(config.model, (1, 8, 8), 10), ensemble, (1, 8, 8), 10)
+    method = build_method(config, build_model(config.model, (1, 8, 8), 10), ensemble, (1, 8, 8), 10)
     assert method._teacher_modules[0] is ensemble.members[1].features[1]   # the cnn's, not the mlp's
     assert method.teacher is ensemble                                      # soft targets: the whole ensemble
     assert json.loads((run(config) / "evaluation.json").read_text())["samples"] == 360

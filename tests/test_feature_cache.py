@@ -4,17 +4,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import assert_ok, assert_user_error, invoke, run_config, write_yaml
-from distillery.api import fit_method
-from distillery.config import build_config
-from distillery.data import ArrayDataset, Augmentation, BatchIterator
+
+from distillery.app.config_file import build_config
+from distillery.app.fit import fit_method
+from distillery.app.run import run
+from distillery.app.transfer import plan_transfer
+from distillery.data import ArrayDataset, Augmentation, Batch, BatchIterator
 from distillery.errors import CheckpointError
 from distillery.losses import hard_label_cross_entropy, hint_mse, pool_to_common_size, soft_target_kl
 from distillery.methods import create_method
 from distillery.models import build_model
-from distillery.runs import run
-from distillery.teacher_outputs import plan_transfer
 from distillery.teachers.feature_cache import FeatureTable, cached_teacher_outputs
 from distillery.teachers.precomputed import precompute_outputs
 
@@ -75,7 +75,7 @@ def test_cached_fitnet_step_equals_the_loss_on_the_live_teachers_outputs_rounded
     hint = hint_mse(method.adapter(pool_to_common_size(student_features, teacher_features)[0]), teacher_features)
     expected = (hard_label_cross_entropy(student_logits, labels) + 100.0 * hint
                 + 0.5 * soft_target_kl(student_logits, teacher_logits, 3.0))
-    output = method.step(inputs, labels, indices)
+    output = method.step(Batch(inputs, labels, indices=indices))
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert output.logs["hint"].item() == pytest.approx(hint.item(), rel=1e-5)
 
@@ -249,7 +249,7 @@ def test_cache_command_builds_the_features_a_config_needs_and_refuses_beyond_the
 
 
 def test_a_bare_off_in_yaml_turns_the_cache_off(tmp_path):
-    from distillery.config import load_config
+    from distillery.app.config_file import load_config
 
     path = write_yaml(tmp_path / "run.yaml", "output_dir: out\ndistill:\n  teacher: t\n  teacher_cache: off\n")
     assert load_config(path).distill.teacher_cache == "off"                 # YAML 1.1 alone would read false

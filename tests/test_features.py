@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from distillery.data import Batch
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import attention_map, attention_transfer, hint_mse
 from distillery.methods import AttentionTransfer, FeatureHints, create_method
-from distillery.methods.hooks import capture_features, module_paths, resolve_module
+from distillery.models.hooks import capture_features, module_paths, resolve_module
 from distillery.models import build_model
 
 SHAPE = (1, 8, 8)
@@ -96,7 +97,7 @@ def test_fitnet_adapter_trains_but_stays_out_of_the_student_checkpoint():
     assert not any(key.startswith("adapter") for key in method.student.state_dict())
     method.train()
     inputs, labels = images()
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     output.loss.backward()
     assert set(output.logs) == {"ce", "hint"}
     expected = output.logs["ce"] + 100.0 * output.logs["hint"]
@@ -113,7 +114,7 @@ def test_fitnet_handles_spatial_mismatch_and_rejects_mixed_layers():
     method = FeatureHints(student, teacher, student_layer="features.0", teacher_layer="features.1",
                           input_shape=SHAPE, kd_weight=0.5)
     inputs, labels = images()
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     assert set(output.logs) == {"ce", "hint", "kd"} and torch.isfinite(output.loss)
     with pytest.raises(ModelError, match="both be convolutional"):
         FeatureHints(student, teacher, student_layer="features.0", teacher_layer="head", input_shape=SHAPE)
@@ -139,7 +140,7 @@ def train_feature_loss(method, log, steps=60, lr=0.01):
     method.train()
     losses = []
     for _ in range(steps):
-        output = method.step(inputs, labels, None)
+        output = method.step(Batch(inputs, labels))
         optimizer.zero_grad()
         output.loss.backward()
         optimizer.step()
@@ -162,8 +163,8 @@ def test_attention_transfer_alone_reduces_the_attention_loss():
 
 
 def test_a_wrong_layer_path_stops_a_run_before_it_starts(tmp_path):
-    from distillery.config import build_config
-    from distillery.runs import run
+    from distillery.app.config_file import build_config
+    from distillery.app.run import run
 
     common = {"data": {"dataset": "digits", "val_fraction": 0.15}, "progress": False, "measure_latency": False}
     teacher = run(build_config({**common, "output_dir": str(tmp_path / "teacher"), "role": "teacher",

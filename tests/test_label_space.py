@@ -3,18 +3,21 @@ import json
 
 import pytest
 import torch
+from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from torch import nn
 
-from cli_helpers import assert_user_error, invoke, run_config, write_yaml
-from distillery.api import distill, evaluate
-from distillery.config import DataConfig, build_config
+from distillery.app.api import distill
+from distillery.app.config import DataConfig
+from distillery.app.config_file import build_config
+from distillery.app.data import prepare_data
+from distillery.app.evaluation import evaluate, evaluate_checkpoint
+from distillery.app.run import run
 from distillery.data import ArrayDataset, BatchIterator, select_classes
 from distillery.errors import ConfigError, DataError, ModelError
 from distillery.eval.metrics import predict
 from distillery.losses import soft_target_kl
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model
-from distillery.runs import evaluate_checkpoint, prepare_data, run
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import combine_teachers, load_teachers
 from distillery.teachers.label_space import LabelSpaceMerge

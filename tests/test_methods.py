@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from distillery.data import Batch
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy, logit_mse, soft_target_kl
 from distillery.methods import HintonDistillation, LogitMatching, Supervised, create_method
@@ -22,7 +23,7 @@ def test_hinton_loss_is_alpha_ce_plus_one_minus_alpha_t_squared_kl():
     student, teacher = nn.Linear(6, 3), teacher_with_dropout_and_batch_norm()
     method = HintonDistillation(student, teacher, temperature=3.0, alpha=0.25)
     inputs, labels = batch()
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     with torch.no_grad():
         teacher_logits = teacher(inputs)
     student_logits = student(inputs)
@@ -37,7 +38,7 @@ def test_logit_matching_uses_mse():
     student, teacher = nn.Linear(6, 3), nn.Linear(6, 3)
     method = LogitMatching(student, teacher, alpha=0.0)
     inputs, labels = batch()
-    assert method.step(inputs, labels, None).loss.item() == pytest.approx(
+    assert method.step(Batch(inputs, labels)).loss.item() == pytest.approx(
         logit_mse(student(inputs), teacher(inputs)).item(), rel=1e-6)
 
 
@@ -48,11 +49,11 @@ def test_without_labels_the_soft_term_keeps_its_weight_one_minus_alpha():
     soft = soft_target_kl(student(inputs), teacher(inputs), 2.0).item()
     for alpha in (0.0, 0.9):
         method = HintonDistillation(student, teacher, temperature=2.0, alpha=alpha)
-        output = method.step(inputs, None, None)
+        output = method.step(Batch(inputs))
         assert output.loss.item() == pytest.approx((1 - alpha) * soft, rel=1e-6)
         assert "ce" not in output.logs
         # A batch whose labels are all hidden (-1) gives the same loss as one with none.
-        hidden = method.step(inputs, torch.full_like(labels, -1), None)
+        hidden = method.step(Batch(inputs, torch.full_like(labels, -1)))
         assert hidden.loss.item() == pytest.approx((1 - alpha) * soft, rel=1e-6)
 
 
@@ -70,7 +71,7 @@ def test_teacher_gets_no_gradient_and_stays_in_eval_mode():
     assert all(not module.training for module in method.teacher.modules())
     running_mean = method.teacher[1].running_mean.clone()
     inputs, labels = batch()
-    method.step(inputs, labels, None).loss.backward()
+    method.step(Batch(inputs, labels)).loss.backward()
     assert all(p.grad is None for p in method.teacher.parameters())
     assert all(p.grad is not None for p in method.student.parameters())
     assert torch.equal(method.teacher[1].running_mean, running_mean)  # batch-norm statistics untouched
@@ -88,7 +89,7 @@ def test_class_count_mismatch_is_a_clear_error():
     method = HintonDistillation(nn.Linear(6, 4), nn.Linear(6, 3))
     inputs, labels = batch()
     with pytest.raises(ModelError, match="same classes"):
-        method.step(inputs, labels, None)
+        method.step(Batch(inputs, labels))
 
 
 @pytest.mark.parametrize("options", [{"temperature": 0.0}, {"temperature": -1.0}, {"alpha": 1.5}, {"alpha": -0.1}])
@@ -122,7 +123,7 @@ def test_precomputed_teacher_logits_give_the_same_step_as_the_live_teacher():
     cached.student.load_state_dict(live.student.state_dict())
     cached.use_precomputed_teacher_logits(table)
     for inputs, labels, indices in BatchIterator(dataset, 16, shuffle=True, seed=4):
-        expected = live.step(inputs, labels, indices)
-        got = cached.step(inputs, labels, indices)
+        expected = live.step(Batch(inputs, labels, indices=indices))
+        got = cached.step(Batch(inputs, labels, indices=indices))
         assert torch.allclose(got.loss, expected.loss, atol=1e-6)
         assert torch.allclose(got.logs["kd"], expected.logs["kd"], atol=1e-6)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from distillery.data import Batch
 from distillery.errors import ConfigError
-from distillery.losses import (decoupled_kd, dist_loss, hard_label_cross_entropy, soft_target_kl,
-                               standardize_logits)
+from distillery.losses import decoupled_kd, dist_loss, hard_label_cross_entropy, soft_target_kl, standardize_logits
 from distillery.methods import DIST, DecoupledKD, HintonDistillation, create_method
 
 
@@ -147,19 +147,19 @@ def teacher_student_batch(classes=5):
 def test_standardized_hinton_ignores_the_scale_and_offset_of_the_student_logits():
     student, teacher, inputs, labels = teacher_student_batch()
     method = HintonDistillation(student, teacher, temperature=2.0, alpha=0.0, standardize=True)
-    loss = method.step(inputs, labels, None).loss.item()
+    loss = method.step(Batch(inputs, labels)).loss.item()
     with torch.no_grad():
         student.weight.mul_(3.0)
         student.bias.mul_(3.0).add_(5.0)  # logits become 3·z + 5
-    assert method.step(inputs, labels, None).loss.item() == pytest.approx(loss, rel=1e-5)
+    assert method.step(Batch(inputs, labels)).loss.item() == pytest.approx(loss, rel=1e-5)
     plain = HintonDistillation(student, teacher, temperature=2.0, alpha=0.0)
-    assert abs(plain.step(inputs, labels, None).loss.item() - loss) > 0.01  # without it, scale matters
+    assert abs(plain.step(Batch(inputs, labels)).loss.item() - loss) > 0.01  # without it, scale matters
 
 
 def test_standardize_never_reaches_the_hard_label_term():
     student, teacher, inputs, labels = teacher_student_batch()
     method = HintonDistillation(student, teacher, alpha=0.3, standardize=True)
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     student_logits, teacher_logits = student(inputs), teacher(inputs)
     expected = 0.3 * hard_label_cross_entropy(student_logits, labels) + 0.7 * soft_target_kl(
         standardize_logits(student_logits), standardize_logits(teacher_logits), 4.0)
@@ -182,7 +182,7 @@ def test_dkd_loss_is_ce_weight_ce_plus_warmup_times_dkd(standardize):
     method = DecoupledKD(student, teacher, temperature=3.0, tckd_weight=0.5, nckd_weight=2.0, ce_weight=0.7,
                          warmup_epochs=4, standardize=standardize)
     method.set_epoch(3)
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     student_logits, teacher_logits = student(inputs), teacher(inputs)
     if standardize:
         student_logits, teacher_logits = standardize_logits(student_logits), standardize_logits(teacher_logits)
@@ -195,12 +195,12 @@ def test_dkd_loss_is_ce_weight_ce_plus_warmup_times_dkd(standardize):
 def test_dkd_without_labels_is_a_config_error_that_names_the_alternatives():
     student, teacher, inputs, _ = teacher_student_batch()
     with pytest.raises(ConfigError, match="needs every sample.s label.*hinton.*dist"):
-        DecoupledKD(student, teacher).step(inputs, None, None)
+        DecoupledKD(student, teacher).step(Batch(inputs))
 
 
 def test_dist_method_without_labels_uses_the_relation_loss_at_one_minus_alpha():
     student, teacher, inputs, _ = teacher_student_batch()
-    output = DIST(student, teacher, temperature=2.0, alpha=0.5).step(inputs, None, None)
+    output = DIST(student, teacher, temperature=2.0, alpha=0.5).step(Batch(inputs))
     assert output.loss.item() == pytest.approx(0.5 * dist_loss(student(inputs), teacher(inputs), 2.0).item(), rel=1e-6)
 
 
@@ -268,7 +268,7 @@ def test_method_teaches_a_fresh_student_to_agree_with_the_teacher(blob_problem, 
     method = create_method(name, student, teacher, **options)
     optimizer = torch.optim.Adam(method.trainable_parameters(), lr=0.05)
     for _ in range(100):
-        loss = method.step(train_inputs, train_labels, None).loss
+        loss = method.step(Batch(train_inputs, train_labels)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

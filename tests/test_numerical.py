@@ -1,10 +1,10 @@
 """Numerical faults: a NaN or infinite loss stops training with the epoch, step and loss part named."""
 import pytest
 import torch
+from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from torch import nn
 
-from cli_helpers import assert_user_error, invoke, run_config, write_yaml
-from distillery.api import fit_method
+from distillery.app.fit import fit_method
 from distillery.errors import NumericalError
 from distillery.methods.base import Method, StepOutput
 
@@ -16,10 +16,10 @@ class NaNAt(Method):
         super().__init__(student)
         self.bad_step, self.steps, self.weights_before = bad_step, 0, None
 
-    def step(self, inputs, labels, indices) -> StepOutput:
+    def step(self, batch) -> StepOutput:
         self.steps += 1
-        logits = self.student(inputs)
-        ce = nn.functional.cross_entropy(logits, labels)
+        logits = self.student(batch.inputs)
+        ce = nn.functional.cross_entropy(logits, batch.labels)
         kd = torch.tensor(float("nan") if self.steps == self.bad_step else 0.0)
         if self.steps == self.bad_step:
             self.weights_before = self.student.weight.detach().clone()

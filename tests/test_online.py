@@ -4,20 +4,21 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import assert_user_error, invoke, run_config, snapshot, write_yaml
 from safetensors.torch import load_file
 from torch import nn
 
 import distillery
-from cli_helpers import assert_user_error, invoke, run_config, snapshot, write_yaml
-from distillery.config import build_config
-from distillery.data import BatchIterator
+from distillery.app.config_file import build_config
+from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.run import run
+from distillery.data import Batch, BatchIterator
 from distillery.engine import Trainer, build_optimizer
 from distillery.errors import ConfigError, ModelError
 from distillery.eval.metrics import predict
 from distillery.methods import MutualLearning, OnlineDistillation, create_method
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model
-from distillery.runs import evaluate_checkpoint, run
 
 
 def batch():
@@ -44,7 +45,7 @@ def test_mutual_loss_is_the_sum_of_each_models_ce_and_mean_kl_to_the_others(peer
     student, *peers = linear_models(1 + peer_count)
     method = MutualLearning(student, peers=peers, temperature=2.0, alpha=0.3)
     inputs, labels = batch()
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     logits = [model(inputs).detach() for model in (student, *peers)]
     expected_total, per_model = 0.0, []
     for own_index, own in enumerate(logits):
@@ -71,7 +72,7 @@ def test_mutual_targets_are_detached_each_model_follows_its_own_loss():
     student, peer = linear_models(2)
     method = MutualLearning(student, peers=[peer], temperature=3.0, alpha=0.5)
     inputs, labels = batch()
-    total = method.step(inputs, labels, None).loss
+    total = method.step(Batch(inputs, labels)).loss
     for own, other in ((student, peer), (peer, student)):
         own_loss = 0.5 * F.cross_entropy(own(inputs), labels) + 0.5 * kl_by_hand(own(inputs), other(inputs).detach(), 3.0)
         for from_total, from_own in zip(gradients(total, own), gradients(own_loss, own)):
@@ -82,7 +83,7 @@ def test_online_loss_teacher_learns_from_labels_and_gets_nothing_from_the_studen
     student, teacher = linear_models(2)
     method = OnlineDistillation(student, teacher_model=teacher, temperature=2.0, alpha=0.25)
     inputs, labels = batch()
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     student_loss = 0.25 * F.cross_entropy(student(inputs), labels) + 0.75 * kl_by_hand(
         student(inputs), teacher(inputs).detach(), 2.0)
     teacher_loss = F.cross_entropy(teacher(inputs), labels)
@@ -111,11 +112,11 @@ def test_misuse_is_a_clear_error():
     student, peer = linear_models(2)
     inputs, labels = batch()
     with pytest.raises(ConfigError, match="needs labels"):
-        MutualLearning(student, peers=[peer]).step(inputs, None, None)
+        MutualLearning(student, peers=[peer]).step(Batch(inputs))
     with pytest.raises(ConfigError, match="needs labels"):
-        OnlineDistillation(student, teacher_model=peer).step(inputs, None, None)
+        OnlineDistillation(student, teacher_model=peer).step(Batch(inputs))
     with pytest.raises(ModelError, match="same classes"):
-        MutualLearning(student, peers=[nn.Linear(6, 4)]).step(inputs, labels, None)
+        MutualLearning(student, peers=[nn.Linear(6, 4)]).step(Batch(inputs, labels))
     with pytest.raises(ConfigError, match="at least one peer"):
         create_method("mutual", student, peers=[])
     with pytest.raises(ConfigError, match="the student itself"):

@@ -3,15 +3,18 @@ import pytest
 import torch
 from torch import nn
 
-from distillery.api import evaluate, fit_method, train
-from distillery.config import DataConfig, build_config
+from distillery.app.api import train
+from distillery.app.config import DataConfig
+from distillery.app.config_file import build_config
+from distillery.app.data import prepare_data
+from distillery.app.evaluation import evaluate
+from distillery.app.fit import fit_method
 from distillery.data import BatchIterator
 from distillery.engine import autocast
 from distillery.errors import ConfigError
 from distillery.methods import create_method
 from distillery.methods.base import StepOutput
 from distillery.methods.supervised import Supervised
-from distillery.runs import prepare_data
 
 
 class RecordsAutocast(Supervised):
@@ -21,8 +24,8 @@ class RecordsAutocast(Supervised):
         super().__init__(student)
         self.logit_dtypes: list[torch.dtype] = []
 
-    def step(self, inputs, labels, indices) -> StepOutput:
-        output = super().step(inputs, labels, indices)
+    def step(self, batch) -> StepOutput:
+        output = super().step(batch)
         self.logit_dtypes.append(output.logits.dtype)
         return output
 

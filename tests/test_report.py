@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from distillery.errors import DistilleryError
-from distillery.eval.report import RunRecord, comparison_table, load_run, write_report
+from distillery.eval.report import comparison_table, write_report
+from distillery.eval.run_record import RunRecord, load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -163,7 +164,8 @@ def test_sparse_run_renders_with_dashes(tmp_path):
 
 
 def test_a_loss_is_worded_as_widening_the_gap():
-    from distillery.eval.report import RunRecord, comparison_table
+    from distillery.eval.report import comparison_table
+    from distillery.eval.run_record import RunRecord
 
     def record(name, role, accuracy):
         return RunRecord(run_dir=Path(name), name=name, role=role, history=[], evaluation={"accuracy": accuracy},
@@ -210,14 +212,14 @@ def test_latencies_measured_under_different_conditions_are_not_compared(run_dirs
 def _capture_figures(monkeypatch) -> list:
     from distillery.eval import plots
 
-    captured, save = [], plots._save
+    captured, save = [], plots.save_figure
 
     def capture(fig, path):
         captured.append(fig)
         fig.draw_without_rendering()
         return save(fig, path)
 
-    monkeypatch.setattr(plots, "_save", capture)
+    monkeypatch.setattr(plots, "save_figure", capture)
     return captured
 
 

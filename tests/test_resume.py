@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_helpers import assert_ok, assert_user_error, invoke, run_config, snapshot, write_yaml
-from distillery.engine.training_state import decode, encode
+from distillery.engine.state_codec import decode, encode
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 21  # 1,293 digits training samples in batches of 64

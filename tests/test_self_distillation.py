@@ -4,20 +4,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from safetensors.torch import load_file
 from torch import nn
 
 import distillery
-from cli_helpers import assert_user_error, invoke, run_config, write_yaml
-from distillery.api import fit_method
-from distillery.config import LOGIT_METHODS, build_config
-from distillery.data import Augmentation
+from distillery.app.config import LOGIT_METHODS
+from distillery.app.config_file import build_config
+from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.fit import fit_method
+from distillery.app.run import run
+from distillery.data import Augmentation, Batch
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import METHODS, DeepSupervision, create_method
-from distillery.methods.hooks import capture_features
+from distillery.models.hooks import capture_features
 from distillery.methods.soft_targets import SingleTeacherMethod
 from distillery.models import build_model
-from distillery.runs import evaluate_checkpoint, run
 
 SHAPE = (1, 8, 8)
 
@@ -60,7 +62,7 @@ def test_deep_supervision_loss_matches_a_hand_computation():
     method = create_method("deep_supervision", student, student_layers=["features.0", "features.1"],
                            input_shape=(6,), temperature=2.5, alpha=0.3, aux_weight=0.7)
     inputs, labels = batch(input_shape=(6,))
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
 
     weights, heads = numpy_parameters(student), [numpy_parameters(head) for head in method.heads]
     x, y = inputs.double().numpy(), labels.numpy()
@@ -94,7 +96,7 @@ def test_convolutional_heads_pool_to_a_grid_then_classify():
         student(inputs)
     blocks = features["stage"].reshape(8, 8, 4, 2, 4, 2).mean(dim=(3, 5))
     head_logits = blocks.flatten(1) @ linear.weight.T + linear.bias
-    output = method.step(inputs, labels, None)
+    output = method.step(Batch(inputs, labels))
     expected = nn.functional.cross_entropy(output.logits, labels) + nn.functional.cross_entropy(head_logits, labels)
     assert output.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     accuracy = (head_logits.argmax(dim=1) == labels).float().mean()
@@ -110,7 +112,7 @@ def test_final_head_is_detached_in_the_aux_kl_term():
     # alpha = 0: the heads' loss is the KL term alone, and a large weight would dominate any leak.
     method = DeepSupervision(student, student_layers=["features.0"], input_shape=(6,), alpha=0.0, aux_weight=50.0)
     inputs, labels = batch(input_shape=(6,))
-    method.step(inputs, labels, None).loss.backward()
+    method.step(Batch(inputs, labels)).loss.backward()
     with_heads = {name: p.grad.clone() for name, p in student.named_parameters()}
     assert method.heads[0].weight.grad.abs().sum() > 0
 
@@ -155,7 +157,7 @@ def test_wrong_layer_or_missing_labels_are_clear_errors():
                       student_layers=["features.0"], input_shape=SHAPE)
     method = DeepSupervision(student, student_layers=["features.0"], input_shape=SHAPE)
     with pytest.raises(ConfigError, match="needs labels"):
-        method.step(batch()[0], None, None)
+        method.step(Batch(batch()[0]))
 
 
 # ---------------------------------------------------------------- deep supervision: learning

@@ -4,19 +4,27 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_ok, assert_user_error, invoke, run_config, write_yaml
 from torch import nn
 
-from cli_helpers import assert_ok, assert_user_error, invoke, run_config, write_yaml
-from distillery.api import fit_method
-from distillery.config import build_config
+from distillery.app.config_file import build_config
+from distillery.app.fit import fit_method
+from distillery.app.run import run
+from distillery.app.transfer import plan_transfer
 from distillery.data import ArrayDataset, Augmentation, BatchIterator
 from distillery.data.views import ViewBatches, augmented_views
 from distillery.errors import CheckpointError
 from distillery.methods import create_method
-from distillery.runs import run
-from distillery.teacher_outputs import plan_transfer
-from distillery.teachers.cache import (CacheFiles, LogitTable, cached_teacher_logits, compress_top_k, expand_top_k,
-                                       fingerprint, open_cache, write_cache)
+from distillery.teachers.cache import (
+    CacheFiles,
+    LogitTable,
+    cached_teacher_logits,
+    compress_top_k,
+    expand_top_k,
+    fingerprint,
+    open_cache,
+    write_cache,
+)
 from distillery.teachers.label_space import LabelSpaceMerge
 from distillery.teachers.precomputed import precompute_logits
 

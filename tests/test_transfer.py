@@ -5,15 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from distillery.config import DataConfig, build_config
-from distillery.api import train
+from distillery.app.api import train
+from distillery.app.config import DataConfig
+from distillery.app.config_file import build_config
+from distillery.app.data import SPLIT_SEED, prepare_data
+from distillery.app.run import run
 from distillery.data import UNLABELED, ArrayDataset, BatchIterator, filter_classes, labeled_mask, load_dataset
 from distillery.errors import ConfigError, DataError
 from distillery.eval.metrics import predict
 from distillery.losses import hard_label_cross_entropy
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model
-from distillery.runs import SPLIT_SEED, prepare_data, run
 
 COMMON = {"data": {"dataset": "digits", "val_fraction": 0.15}, "progress": False, "measure_latency": False}
 BUDGET = {"epochs": 15, "lr": 0.003, "batch_size": 64}

@@ -8,19 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 import distillery
-from cli_helpers import assert_user_error, invoke, run_config, write_yaml
-from distillery.config import build_config
+from distillery.app.config_file import build_config
+from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.run import run
+from distillery.app.teachers import teachers_and_data
+from distillery.app.transfer import transfer_plan
 from distillery.data import ArrayDataset, Normalizer
 from distillery.engine.trainer import check_finite
 from distillery.errors import CheckpointError, ModelError, NumericalError
 from distillery.methods import HintonDistillation, StepOutput
-from distillery.methods.hooks import capture_features, resolve_module
+from distillery.models.hooks import capture_features, resolve_module
 from distillery.models.checkpoint import load_model
-from distillery.runs import _transfer_plan, evaluate_checkpoint, run, teachers_and_data
 from distillery.teachers.cache import CacheFiles, cache_key, save_cache
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.label_space import LabelSpaceMerge
@@ -93,7 +96,7 @@ def test_cached_targets_are_the_teachers_outputs_on_its_own_pipeline(teachers, t
     setting = str(tmp_path / "cache" / "raw-teacher") if cache == "explicit" else cache
     config = _distill_config(tmp_path, str(teachers["raw"]), teacher_cache=setting)
     loaded, data, teacher = teachers_and_data(config)
-    plan = _transfer_plan(config, data, loaded, teacher)
+    plan = transfer_plan(config, data, loaded, teacher)
     indices = torch.arange(len(data.train))
     with torch.no_grad():
         expected = OwnPipeline(teachers["raw"])(data.train.inputs)
@@ -111,7 +114,7 @@ def test_a_feature_method_reads_the_teachers_features_on_its_own_pipeline(teache
     reference = OwnPipeline(teachers["raw"])
     with torch.no_grad(), capture_features({"hint": resolve_module(reference.model, "features.0", "t")}) as own:
         reference(raw)
-    plan = _transfer_plan(config, data, loaded, teacher)
+    plan = transfer_plan(config, data, loaded, teacher)
     if cache == "off":  # the teacher runs live: its hooked layer sees what its own pipeline gives it
         with torch.no_grad(), capture_features({"hint": resolve_module(teacher, "features.0", "t")}) as live:
             teacher(student_inputs)
@@ -125,7 +128,7 @@ def test_evaluating_with_a_teacher_feeds_it_its_own_pipeline(teachers):
     # The checkpoint normalises, the teacher does not: agreement must be measured on the teacher's own inputs.
     result = evaluate_checkpoint(teachers["normalised"], teacher=teachers["raw"], latency=False)
     model, metadata = load_model(teachers["normalised"])
-    from distillery.runs import checkpoint_data
+    from distillery.app.data import checkpoint_data
     test = checkpoint_data(teachers["normalised"], metadata).test
     raw = Normalizer.from_dict(metadata["preprocessing"]).denormalize(test.inputs)
     with torch.no_grad():
@@ -182,7 +185,7 @@ def test_logits_beyond_float16_are_cached_in_float32(teachers, tmp_path):
     huge = _scaled_teacher(teachers["raw"], tmp_path / "huge", 1e5)
     config = _distill_config(tmp_path, str(huge), teacher_cache=str(tmp_path / "cache" / "huge"))
     loaded, data, teacher = teachers_and_data(config)
-    plan = _transfer_plan(config, data, loaded, teacher)
+    plan = transfer_plan(config, data, loaded, teacher)
     table = plan.teacher_logits[torch.arange(len(data.train))]
     with torch.no_grad():
         expected = OwnPipeline(huge)(data.train.inputs)
@@ -195,12 +198,12 @@ def test_a_poisoned_cache_is_rebuilt_when_automatic_and_refused_when_named(teach
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "auto"))
     config = _distill_config(tmp_path, str(teachers["raw"]))
     loaded, data, teacher = teachers_and_data(config)
-    plan = _transfer_plan(config, data, loaded, teacher)
+    plan = transfer_plan(config, data, loaded, teacher)
     entry = next((tmp_path / "auto").glob("*.json"))
     manifest = json.loads(entry.read_text())
     poisoned = np.full(manifest["shape"], np.inf, dtype=np.float16)
     save_cache(CacheFiles(entry.with_suffix("")), poisoned, {k: manifest[k] for k in ("fingerprint", "classes", "top_k")})
-    rebuilt = _transfer_plan(config, data, loaded, teacher)
+    rebuilt = transfer_plan(config, data, loaded, teacher)
     indices = torch.arange(len(data.train))
     assert torch.isfinite(rebuilt.teacher_logits[indices]).all()
     assert torch.equal(rebuilt.teacher_logits[indices], plan.teacher_logits[indices])
@@ -208,7 +211,7 @@ def test_a_poisoned_cache_is_rebuilt_when_automatic_and_refused_when_named(teach
     save_cache(CacheFiles(named), poisoned, {k: manifest[k] for k in ("fingerprint", "classes", "top_k")})
     config = _distill_config(tmp_path, str(teachers["raw"]), teacher_cache=str(named))
     with pytest.raises(CheckpointError, match="infinite or NaN"):
-        _transfer_plan(config, data, loaded, teacher)
+        transfer_plan(config, data, loaded, teacher)
     assert cache_key(manifest["fingerprint"]) == entry.stem
 
 
@@ -256,9 +259,9 @@ def test_standardised_targets_of_merged_teachers_give_gated_classes_nothing():
 def test_without_labels_alpha_is_zero_in_a_config_run(teachers, tmp_path):
     config = build_config({**COMMON, "output_dir": str(tmp_path / "soft"), "data": {"dataset": "digits"},
                            "distill": {"teacher": str(teachers["raw"])}, "transfer": {"labels": False}})
-    from distillery.runs import _method_for
+    from distillery.app.method import build_method
     _, data, teacher = teachers_and_data(config)
-    method = _method_for(config, nn.Linear(64, 10), teacher, data.test.input_shape, 10)
+    method = build_method(config, nn.Linear(64, 10), teacher, data.test.input_shape, 10)
     assert method.alpha == 0.0
 
 

@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import PNG_MAGIC, assert_ok, assert_user_error, invoke, snapshot, write_yaml
 
 import distillery
-from cli_helpers import PNG_MAGIC, assert_ok, assert_user_error, invoke, snapshot, write_yaml
-from distillery.config import load_config
-from distillery.runs import run
-from distillery.tune import DEFAULT_GRID, check_grid, parse_grid, plan_points, point_name
+from distillery.app.config_file import load_config
+from distillery.app.run import run
+from distillery.app.tune import DEFAULT_GRID, check_grid, parse_grid, plan_points, point_name
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DISTILL = CONFIGS / "digits_distill.yaml"

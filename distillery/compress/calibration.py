@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from distillery.app.data import SPLIT_SEED
 from distillery.compress.source import CheckpointSource
 from distillery.data import load_dataset
 from distillery.errors import ConfigError, DataError
-from distillery.runs import SPLIT_SEED
 
 DEFAULT_CALIBRATION_SAMPLES = 512
 # How far the calibration inputs' spread (std) may differ from the model's own inputs', as a factor either way,

@@ -15,8 +15,8 @@ from distillery.compress.quantize import choose_mode, quantize_onnx
 from distillery.compress.runtime import inference_session, session_accuracy, session_latency
 from distillery.compress.source import CheckpointSource, load_source
 from distillery.errors import DataError
+from distillery.eval.compression_plot import plot_compression
 from distillery.eval.latency import unstable_reason
-from distillery.eval.plots import plot_compression
 from distillery.output_dir import claim_output_dir
 
 QUANTIZED_ROLES = ("teacher", "distilled")

@@ -7,9 +7,9 @@ from typing import Any, Collection
 
 from torch import nn
 
-from distillery.engine.checkpoint import resolve_checkpoint
+from distillery.app.data import PreparedData, checkpoint_data
+from distillery.models.checkpoint_files import resolve_checkpoint
 from distillery.models.checkpoint import load_model
-from distillery.runs import PreparedData, checkpoint_data
 
 
 @dataclass

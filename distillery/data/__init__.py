@@ -1,6 +1,7 @@
 """Data: datasets held as whole tensors, their sources, splits, normalisation, augmentation and batching."""
 from distillery.data.augment import Augmentation, horizontal_flip, random_crop, random_shift
-from distillery.data.batches import UNLABELED, BatchIterator
+from distillery.data.batch import UNLABELED, Batch, as_batch, counted_positions, model_logits
+from distillery.data.batches import BatchIterator
 from distillery.data.dataset import ArrayDataset
 from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
 from distillery.data.transfer import filter_classes, labeled_mask, select_classes
@@ -9,16 +10,20 @@ from distillery.data.transforms import Normalizer, train_val_split
 __all__ = [
     "ArrayDataset",
     "Augmentation",
+    "Batch",
     "BatchIterator",
     "DATASETS",
     "Normalizer",
     "UNLABELED",
+    "as_batch",
+    "counted_positions",
     "filter_classes",
     "horizontal_flip",
     "labeled_mask",
     "load_dataset",
     "load_idx_pair",
     "load_npz",
+    "model_logits",
     "random_crop",
     "random_shift",
     "read_idx",

@@ -6,15 +6,13 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from distillery.data.augment import Augmentation
+from distillery.data.batch import UNLABELED, Batch
 from distillery.data.dataset import ArrayDataset
 from distillery.errors import ConfigError
 
-# The label a batch carries for a sample whose label is hidden (a partly labelled transfer set).
-UNLABELED = -1
-
 
 class BatchIterator:
-    """Iterates an ArrayDataset in batches of (inputs, labels, indices).
+    """Iterates an ArrayDataset in :class:`~distillery.data.batch.Batch` es of inputs, labels and indices.
 
     `indices` are the positions in the dataset (int64, always on the CPU), so a cache can be
     keyed by them. Order and augmentation draws depend only on (seed, epoch), so a resumed
@@ -62,7 +60,7 @@ class BatchIterator:
         # A large odd multiplier keeps (seed, epoch) pairs from colliding for any realistic epoch count.
         return torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         generator = self._generator()
         size = len(self.dataset)
         order = torch.randperm(size, generator=generator) if self.shuffle else torch.arange(size)
@@ -77,7 +75,7 @@ class BatchIterator:
                 batch_inputs = self.augmentation(batch_inputs, generator)
             if self.transform is not None:
                 batch_inputs = self.transform(batch_inputs)
-            yield batch_inputs, (batch_labels if self.with_labels else None), indices
+            yield Batch(batch_inputs, batch_labels if self.with_labels else None, indices=indices)
 
     def __len__(self) -> int:
         if self.drop_last:

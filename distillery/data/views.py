@@ -7,6 +7,7 @@ instead of a fresh one per epoch.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -70,8 +71,8 @@ class ViewBatches:
 
     def __iter__(self) -> Iterator:
         offset = self.view * self.size
-        for inputs, labels, indices in self.iterators[self.view]:
-            yield inputs, labels, indices + offset
+        for batch in self.iterators[self.view]:
+            yield replace(batch, indices=batch.indices + offset)
 
     def __len__(self) -> int:
         return len(self.iterators[0])

@@ -1,10 +1,10 @@
 """The training loop, optimisers and schedules, checkpoints, devices and processes."""
-from distillery.engine.checkpoint import load_checkpoint_files, save_checkpoint
 from distillery.engine.device import autocast, compile_student, resolve_device
 from distillery.engine.distributed import DistributedContext, is_main_process, setup_distributed
 from distillery.engine.optim import build_optimizer, build_scheduler
+from distillery.engine.progress import FitResult, PeerBest, peer_record
 from distillery.engine.run_dir import RunDirectory
-from distillery.engine.trainer import FitResult, PeerBest, Trainer, peer_record
+from distillery.engine.trainer import Trainer
 
 __all__ = [
     "DistributedContext",
@@ -17,9 +17,7 @@ __all__ = [
     "build_scheduler",
     "compile_student",
     "is_main_process",
-    "load_checkpoint_files",
     "peer_record",
     "resolve_device",
-    "save_checkpoint",
     "setup_distributed",
 ]

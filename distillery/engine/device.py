@@ -38,7 +38,7 @@ def autocast(device: torch.device, precision: str):
     Example::
 
         with autocast(torch.device("cuda"), "bf16"):
-            output = method.step(inputs, labels, indices)
+            output = method.step(batch)
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"unknown precision {precision!r}; use one of: {', '.join(PRECISIONS)}")

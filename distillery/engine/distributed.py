@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
+from distillery.data.batch import Batch, as_batch
 from distillery.engine.device import resolve_device
 from distillery.errors import ConfigError
 
@@ -183,18 +184,19 @@ class ShardedBatches:
         return len(self.batches)
 
     def __iter__(self) -> Iterator:
-        for batch in self.batches:
-            parts = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
-            global_size = parts[0].shape[0]
-            shard = tuple(part.tensor_split(self.world_size)[self.rank] if part is not None else None
-                          for part in parts)
-            samples = shard[0].shape[0]
+        for batch in map(as_batch, self.batches):
+            global_size = batch.size
+            # The same contiguous cut tensor_split makes: the first (size mod world) shards get one more.
+            bounds = torch.arange(global_size).tensor_split(self.world_size)[self.rank]
+            samples = len(bounds)
             if samples == 0:
                 if not self.training:
                     continue
-                shard = tuple(part[:1] if part is not None else None for part in parts)
+                shard = batch.rows(slice(0, 1))
+            else:
+                shard = batch.rows(slice(int(bounds[0]), int(bounds[-1]) + 1))
             self.share = (samples, global_size)
-            yield shard[0] if isinstance(batch, torch.Tensor) else shard
+            yield shard
 
 
 class TrainableStep(nn.Module):
@@ -215,8 +217,8 @@ class TrainableStep(nn.Module):
             raise RuntimeError(f"{type(method).__name__} holds trainable parameters outside its submodules; "
                                "DDP would not synchronise them")
 
-    def forward(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None):
-        return self.method.step(inputs, labels, indices)
+    def forward(self, batch: Batch):
+        return self.method.step(batch)
 
 
 def setup_distributed(device: str = "auto") -> DistributedContext:

@@ -9,13 +9,14 @@ from typing import Any
 from torch import nn
 
 from distillery.atomic import atomic_write_text
-from distillery.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT, save_checkpoint
-from distillery.engine.trainer import peer_record
+from distillery.engine.progress import peer_record
 from distillery.errors import RunExistsError
+from distillery.models.checkpoint_files import FORMAT as CHECKPOINT_FORMAT
+from distillery.models.checkpoint_files import save_checkpoint
+from distillery.output_dir import check_claimable, claim_output_dir, is_claimable
 
 # Written first into every run directory: what marks a folder as a run's, whose files a run may replace.
 MARKER = ".distillery-run"
-MARKER_FORMAT = "distillery-run"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json", "last.safetensors", "last.json",
              "evaluation.json")
 
@@ -38,12 +39,9 @@ class RunDirectory:
         return (self.path / "model.json").is_file()
 
     def start(self, config_text: str) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise RunExistsError(f"output_dir {self.path} is a file; choose a directory name")
-        if not self.is_ours():
-            shown = sorted(entry.name for entry in self.path.iterdir())[:3]
-            raise RunExistsError(f"output_dir {self.path} holds files that are not a distillery run's "
-                                 f"({', '.join(shown)}); choose a new or empty directory")
+        """Claim the directory for a new run (refusing a folder of the user's, a finished run unless
+        ``overwrite``, an interrupted one that could be resumed) and write its config."""
+        check_claimable(self.path, MARKER, "run", _written_before_the_marker)
         if self.finished and not self.overwrite:
             raise RunExistsError(
                 f"{self.path} already holds a finished run; pass --overwrite to replace it or choose another output_dir"
@@ -53,9 +51,8 @@ class RunDirectory:
                 f"{self.path} holds an interrupted run with its training state saved; continue it with "
                 f"--resume {self.path}, or pass --overwrite to start again"
             )
+        claim_output_dir(self.path, MARKER, "run", _written_before_the_marker)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path / MARKER, json.dumps({"format": MARKER_FORMAT}) + "\n")
             self._clear_files()
             atomic_write_text(self.path / "config.yaml", config_text)
         except OSError as error:
@@ -63,16 +60,8 @@ class RunDirectory:
                                  "choose a directory you can write to") from None
 
     def is_ours(self) -> bool:
-        """True when the directory is missing, empty, or a run's: its marker, or (runs written before the
-        marker) a distillery model.json or saved training state. Any other folder is the user's own."""
-        if not self.path.is_dir() or not any(self.path.iterdir()):
-            return True
-        if (self.path / MARKER).is_file() or (self.path / "state" / "state.json").is_file():
-            return True
-        try:
-            return json.loads((self.path / "model.json").read_text()).get("format") == CHECKPOINT_FORMAT
-        except (OSError, ValueError, AttributeError):
-            return False
+        """True when the directory is missing, empty, or a run's (see :func:`claim_output_dir`)."""
+        return is_claimable(self.path, MARKER, _written_before_the_marker)
 
     def resume(self, history: list[dict[str, Any]], peers: list[str]) -> None:
         """Continue an unfinished run: its metrics become the saved state's history (an epoch logged after the
@@ -111,3 +100,13 @@ class RunDirectory:
 
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
         atomic_write_text(self.path / "evaluation.json", json.dumps(evaluation, indent=2))
+
+
+def _written_before_the_marker(path: Path) -> bool:
+    """A run directory from before the marker: a distillery model.json, or a saved training state."""
+    if (path / "state" / "state.json").is_file():
+        return True
+    try:
+        return json.loads((path / "model.json").read_text()).get("format") == CHECKPOINT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -6,89 +6,24 @@ import copy
 import itertools
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distillery.data.batch import as_batch, counted_positions, model_logits
 from distillery.engine.device import autocast
 from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
+from distillery.engine.progress import EpochProgress, FitResult, PeerBest, peer_record
 from distillery.errors import DataError, NumericalError
 
 if TYPE_CHECKING:
-    from distillery.engine.training_state import Checkpointer, SavedState
+    from distillery.engine.checkpointer import Checkpointer
+    from distillery.engine.training_state import SavedState
     from distillery.methods.base import Method, StepOutput
 
 EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
-
-
-def unpack_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(inputs,), (inputs, labels) or (inputs, labels, indices) -> a triple with None for what is absent."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    if isinstance(batch, (tuple, list)) and 1 <= len(batch) <= 3:
-        inputs = batch[0]
-        labels = batch[1] if len(batch) > 1 else None
-        indices = batch[2] if len(batch) > 2 else None
-        return inputs, labels, indices
-    raise DataError(
-        f"a batch must be inputs, (inputs, labels) or (inputs, labels, indices); got {type(batch).__name__}"
-    )
-
-
-@dataclass
-class PeerBest:
-    """A peer model's best weights, chosen by its own validation accuracy; ``metrics`` under plain ``val/`` names."""
-
-    state: dict[str, torch.Tensor] | None = None
-    epoch: int = 0
-    score: float = float("-inf")
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class FitResult:
-    """What training produced: per-epoch records, the student's best weights and each peer's."""
-
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_state: dict[str, torch.Tensor] | None = None
-    best_epoch: int = 0
-    best_score: float = float("-inf")
-    best_metrics: dict[str, float] = field(default_factory=dict)
-    peers: dict[str, PeerBest] = field(default_factory=dict)
-
-
-@dataclass
-class EpochProgress:
-    """How far the current epoch has come: batches done, samples seen, summed logs, and the lr it began with.
-
-    A resumed run starts its interrupted epoch from one of these, skipping the ``step`` batches already done.
-    """
-
-    lr: float
-    step: int = 0
-    seen: int = 0
-    totals: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def add(self, output: "StepOutput", batch_size: int) -> None:
-        self.step += 1
-        self.seen += batch_size
-        for name, value in {"loss": output.loss.detach(), **output.logs}.items():
-            self.totals[name] = self.totals.get(name, 0.0) + value.float() * batch_size
-
-
-def peer_record(record: dict[str, Any], name: str) -> dict[str, Any]:
-    """One peer's view of an epoch record: its ``train/<name>/x`` and ``val/<name>/x`` as ``train/x`` and ``val/x``.
-
-    Example: ``peer_record({"epoch": 1, "val/peer1/accuracy": 0.9}, "peer1") == {"epoch": 1, "val/accuracy": 0.9}``
-    """
-    view = {key: value for key, value in record.items() if "/" not in key}
-    for split in ("train", "val"):
-        prefix = f"{split}/{name}/"
-        view.update({f"{split}/{key[len(prefix):]}": value for key, value in record.items() if key.startswith(prefix)})
-    return view
 
 
 class Trainer:
@@ -177,14 +112,12 @@ class Trainer:
 
     def _step(self, batch: Any, batches: Iterable, epoch: int, step: int) -> tuple["StepOutput", int]:
         """One optimiser step; returns the step's output and its batch size (under torchrun, its weighted share)."""
-        inputs, labels, indices = unpack_batch(batch)
-        inputs = inputs.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True) if labels is not None else None
+        batch = as_batch(batch).to(self.device, non_blocking=True)
         with autocast(self.device, self.precision):
-            output = self._forward(inputs, labels, indices)
+            output = self._forward(batch)
         check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
         self.optimizer.zero_grad(set_to_none=True)
-        loss, batch_size = self.distributed.weighted(output.loss, batches, inputs.shape[0])
+        loss, batch_size = self.distributed.weighted(output.loss, batches, batch.size)
         loss.backward()
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.grad_clip)
@@ -255,16 +188,19 @@ def check_finite(output: "StepOutput", epoch: int, step: int) -> None:
 @torch.no_grad()
 def validate(model: torch.nn.Module, batches: Iterable, device: torch.device,
              distributed: DistributedContext = SINGLE_PROCESS) -> dict[str, float]:
-    """Accuracy and cross-entropy on labelled batches, with the model in eval mode; summed over processes."""
+    """Accuracy and cross-entropy on labelled batches, with the model in eval mode; summed over processes.
+
+    Sequence batches count every position their mask keeps and that has a label (>= 0).
+    """
     was_training = model.training
     model.eval()
     correct, loss_sum, seen = 0, 0.0, 0
-    for batch in batches:
-        inputs, labels, _ = unpack_batch(batch)
-        if labels is None:
+    for batch in map(as_batch, batches):
+        if batch.labels is None:
             raise DataError("validation data needs labels")
-        inputs, labels = inputs.to(device), labels.to(device)
-        logits = model(inputs)
+        batch = batch.to(device)
+        logits, labels = counted_positions(batch.mask, model_logits(model, batch.inputs), batch.labels)
+        logits, labels = logits[labels >= 0], labels[labels >= 0]
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(dim=-1) == labels).sum().item()
         seen += labels.shape[0]

@@ -8,111 +8,23 @@ See docs/run-directory.md.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import random
-import signal
-import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from distillery.atomic import atomic_write, atomic_write_text
-from distillery.engine.trainer import EpochProgress, FitResult, PeerBest
-from distillery.errors import CheckpointError, RunExistsError, TrainingInterrupted
-
-if TYPE_CHECKING:
-    from distillery.engine.trainer import Trainer
+from distillery.engine.progress import EpochProgress, FitResult, TrainingLoop
+from distillery.engine.state_codec import TENSOR, decode, result_from, set_rng_states, trainable_state
+from distillery.errors import CheckpointError, RunExistsError
 
 FORMAT = "distillery-training-state"
 VERSION = 2  # 2: each process's RNG states and summed logs (``ranks``), and their number (``world_size``)
 STATE_DIR = "state"
 STATE_FILE = "state.json"
-# How containers JSON has no form for are written: a tensor by its key in the safetensors file, a tuple,
-# and a dict keyed by integers (an optimiser's per-parameter state).
-TENSOR, TUPLE, INT_KEYS = "__tensor__", "__tuple__", "__int_keys__"
-
-
-def encode(value: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
-    """``value`` as JSON-ready data; every tensor in it moves to ``tensors`` under a key derived from ``key``.
-
-    Example: ``encode({"w": torch.ones(2)}, tensors, "model") == {"w": {"__tensor__": "model/w"}}``
-    """
-    if isinstance(value, torch.Tensor):
-        # A clone per tensor: safetensors refuses tensors that share storage (tied weights).
-        tensors[key] = value.detach().cpu().contiguous().clone()
-        return {TENSOR: key}
-    if isinstance(value, dict):
-        if all(isinstance(name, str) for name in value):
-            return {name: encode(item, tensors, f"{key}/{name}") for name, item in value.items()}
-        return {INT_KEYS: [[int(name), encode(item, tensors, f"{key}/{name}")] for name, item in value.items()]}
-    if isinstance(value, tuple):
-        return {TUPLE: [encode(item, tensors, f"{key}/{index}") for index, item in enumerate(value)]}
-    if isinstance(value, list):
-        return [encode(item, tensors, f"{key}/{index}") for index, item in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"the training state cannot hold a {type(value).__name__} (at {key})")  # a bug, not a user error
-
-
-def decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """The inverse of :func:`encode`. Example: ``decode(encode(state, tensors, "s"), tensors)`` equals ``state``."""
-    if isinstance(value, list):
-        return [decode(item, tensors) for item in value]
-    if not isinstance(value, dict):
-        return value
-    if set(value) == {TENSOR}:
-        if value[TENSOR] not in tensors:
-            raise KeyError(value[TENSOR])
-        return tensors[value[TENSOR]]
-    if set(value) == {TUPLE}:
-        return tuple(decode(item, tensors) for item in value[TUPLE])
-    if set(value) == {INT_KEYS}:
-        return {int(name): decode(item, tensors) for name, item in value[INT_KEYS]}
-    return {name: decode(item, tensors) for name, item in value.items()}
-
-
-def rng_states() -> dict[str, Any]:
-    """Every random generator training may draw from: Python's, NumPy's, torch's CPU one and each CUDA device's."""
-    name, keys, position, has_gauss, cached = np.random.get_state(legacy=True)
-    states = {"python": random.getstate(), "numpy": [name, keys.tolist(), position, has_gauss, cached],
-              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    name, keys, position, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def trainable_state(method: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The method's state without its frozen teachers: those are rebuilt from the config, unchanged."""
-    prefixes = tuple(f"{name}." for name in getattr(method, "teacher_names", ()))
-    return {key: value for key, value in method.state_dict().items() if not key.startswith(prefixes)}
-
-
-def _result_payload(result: FitResult) -> dict[str, Any]:
-    peers = {name: {"state": best.state, "epoch": best.epoch, "score": best.score, "metrics": best.metrics}
-             for name, best in result.peers.items()}
-    return {"history": result.history, "best_state": result.best_state, "best_epoch": result.best_epoch,
-            "best_score": result.best_score, "best_metrics": result.best_metrics, "peers": peers}
-
-
-def _result_from(payload: dict[str, Any]) -> FitResult:
-    peers = {name: PeerBest(**best) for name, best in payload.pop("peers").items()}
-    return FitResult(**payload, peers=peers)
 
 
 @dataclass
@@ -148,7 +60,7 @@ class SavedState:
             raise CheckpointError(f"{self.path} lacks the tensor {missing}; the training state is damaged, "
                                   "start the run again with --overwrite") from None
 
-    def restore(self, trainer: "Trainer") -> tuple[FitResult, int, EpochProgress | None]:
+    def restore(self, trainer: TrainingLoop) -> tuple[FitResult, int, EpochProgress | None]:
         """Load weights, optimiser, schedule, step count and RNG states into ``trainer``; returns the result so
         far, the epoch to continue with, and that epoch's progress (None: it starts from its first batch)."""
         self.check_world_size(trainer.distributed.world_size)
@@ -160,7 +72,7 @@ class SavedState:
         trainer.global_step = position["global_step"]
         own = payload["ranks"][trainer.distributed.rank]  # this process's generators and share of the epoch's logs
         set_rng_states(own["rng"])
-        result = _result_from(payload["result"])
+        result = result_from(payload["result"])
         if position["epoch_done"]:
             return result, position["epoch"] + 1, None
         progress = payload["progress"]
@@ -186,7 +98,7 @@ class SavedState:
             raise CheckpointError(f"{self.path} does not fit this run's model (it differs at {differing[:3]}); "
                                   "resume with the run's own config.yaml")
 
-    def _load_modules(self, trainer: "Trainer", payload: dict[str, Any]) -> None:
+    def _load_modules(self, trainer: TrainingLoop, payload: dict[str, Any]) -> None:
         try:
             missing, unexpected = trainer.method.load_state_dict(payload["model"], strict=False)
             trainer.optimizer.load_state_dict(payload["optimizer"])
@@ -263,114 +175,3 @@ def _shape_problem(document: dict[str, Any]) -> str | None:
     if not 1 <= len(document["payload"]["ranks"]) == document["world_size"]:
         return "payload.ranks does not hold one entry per process"
     return None
-
-
-class Checkpointer:
-    """Saves the training state every ``every_steps`` optimiser steps and after every epoch, and turns SIGINT
-    and SIGTERM into a clean stop: the current step finishes, the state is saved, TrainingInterrupted is raised.
-
-    Under torchrun every process has one: each catches the signal torchrun forwards to it, after every step
-    the processes agree (one all-reduce of one number) to stop if any caught one, all of them send rank 0
-    their random generators' states, rank 0 writes the state, and every process raises the same
-    TrainingInterrupted once it is written.
-
-    Example::
-
-        checkpointer = Checkpointer("runs/student/state", every_steps=100, resume_hint="distillery train --resume runs/student")
-        trainer.fit(train_batches, val_batches, checkpointer=checkpointer)
-    """
-
-    def __init__(self, directory: str | Path, *, every_steps: int | None = None, resume_hint: str,
-                 saves: int = 0) -> None:
-        self.directory = Path(directory)
-        self.every_steps = every_steps
-        self.resume_hint = resume_hint
-        self.saves = saves  # numbers each tensors file, so a new one never replaces the committed one
-        self.signal: int | None = None
-        self._trainer: "Trainer | None" = None
-        self._result: FitResult | None = None
-        self._batches: Any = None
-
-    @contextlib.contextmanager
-    def watch(self, trainer: "Trainer", result: FitResult, batches: Iterable) -> Iterator[None]:
-        """While training: know what to save, and catch SIGINT/SIGTERM (main thread only, as Python requires)."""
-        self._trainer, self._result, self._batches = trainer, result, batches
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {number: signal.signal(number, self._request_stop)
-                        for number in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            # Under torchrun the first process to exit makes torchrun send SIGTERM to the others: once the state
-            # is saved, a process that stops anyway ignores it and exits with the agreed code.
-            ignore = self.signal is not None and trainer.distributed.active
-            for number, handler in previous.items():
-                signal.signal(number, signal.SIG_IGN if ignore else handler)
-            self._trainer = self._result = self._batches = None
-
-    def _request_stop(self, number: int, frame: Any) -> None:
-        if self.signal is not None:
-            raise KeyboardInterrupt  # asked twice: stop now, without saving
-        self.signal = number
-        if self._trainer is None or self._trainer.distributed.is_main:
-            print(f"{signal.Signals(number).name}: finishing the current step and saving the training state "
-                  "(send it again to stop at once)", file=sys.stderr)
-
-    def after_step(self, epoch: int, progress: EpochProgress) -> None:
-        self._agree_on_stopping()
-        every = self.every_steps is not None and self._trainer.global_step % self.every_steps == 0
-        if every or self.signal is not None:
-            self.save(epoch, progress, epoch_done=False)
-        self._stop_if_asked(epoch, progress.step)
-
-    def after_epoch(self, epoch: int, progress: EpochProgress) -> None:
-        self._agree_on_stopping()  # a signal may have come during validation
-        self.save(epoch, progress, epoch_done=True)
-        self._stop_if_asked(epoch, progress.step)
-
-    def _agree_on_stopping(self) -> None:
-        """Every process takes the highest signal number any process caught (none: 0), so all stop after the
-        same step with the same exit code, however the forwarded signals fell between their steps."""
-        trainer = self._trainer
-        self.signal = trainer.distributed.max_over_ranks(self.signal or 0, trainer.device) or None
-
-    def _stop_if_asked(self, epoch: int, step: int) -> None:
-        if self.signal is not None:
-            # No process leaves before rank 0 has written the state: torchrun stops the others when one exits.
-            self._trainer.distributed.barrier()
-            raise TrainingInterrupted(f"interrupted at epoch {epoch} step {step}; resume with: {self.resume_hint}",
-                                      exit_code=128 + self.signal)
-
-    def save(self, epoch: int, progress: EpochProgress, *, epoch_done: bool) -> Path | None:
-        """Write a tensors file, then commit it by writing state.json; older tensors files are removed after.
-
-        Called on every process: each sends rank 0 its RNG states and its share of the epoch's summed logs;
-        rank 0 writes and returns state.json's path, the others return None.
-        """
-        trainer = self._trainer
-        ranks = trainer.distributed.gather({"rng": rng_states(), "seen": progress.seen,
-                                            "totals": {name: total.cpu() for name, total in progress.totals.items()}})
-        self.saves += 1
-        if not trainer.distributed.is_main:
-            return None
-        payload = {"model": trainable_state(trainer.method), "optimizer": trainer.optimizer.state_dict(),
-                   "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
-                   "ranks": ranks, "result": _result_payload(self._result), "progress": {"lr": progress.lr}}
-        tensors: dict[str, torch.Tensor] = {}
-        encoded = encode(payload, tensors, "state")
-        name = f"tensors-{self.saves}.safetensors"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.directory / name, lambda path: save_file(tensors, str(path)))
-        document = {"format": FORMAT, "version": VERSION, "tensors": name, "saves": self.saves,
-                    "world_size": trainer.distributed.world_size,
-                    "position": {"epoch": epoch, "step": progress.step, "epoch_done": epoch_done,
-                                 "global_step": trainer.global_step, "epochs": trainer.epochs},
-                    "data_order": {"seed": getattr(self._batches, "seed", None), "epoch": epoch,
-                                   "position": progress.step},
-                    "payload": encoded}
-        atomic_write_text(self.directory / STATE_FILE, json.dumps(document))
-        for old in self.directory.glob("tensors-*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
-        return self.directory / STATE_FILE

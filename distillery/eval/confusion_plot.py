@@ -4,13 +4,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from distillery.eval.per_class import class_names
-from distillery.eval.plots import _save, plt
-
-if TYPE_CHECKING:
-    from distillery.eval.report import RunRecord
+from distillery.eval.plots import plt, save_figure
+from distillery.eval.run_record import RunRecord
 
 _MAX_ANNOTATED_CLASSES = 20  # beyond this, numbers in the cells are too small to read
 _MAX_LABELLED_CLASSES = 40  # beyond this, tick labels overlap
@@ -52,7 +49,7 @@ def plot_confusion(runs: Sequence[RunRecord], path: str | Path) -> Path:
     for ax in list(axes.flat)[len(drawn):]:
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, shrink=0.8, label="share of the true class's test samples")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _draw_confusion(ax, run: RunRecord):

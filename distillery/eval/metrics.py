@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distillery.data.batch import as_batch, counted_positions, model_logits
 from distillery.errors import DataError
 
 MAX_CONFUSION_CLASSES = 256  # above this, evaluation.json records per-class accuracy but no confusion matrix
@@ -175,7 +176,7 @@ def model_device(model: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def predict(model: nn.Module, batches: Iterable, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-    """Run `model` in eval mode over `batches` of `(inputs, labels[, indices])`.
+    """Run `model` in eval mode over labelled `batches` (anything :func:`~distillery.data.batch.as_batch` reads).
 
     Inputs go to `device`, by default the model's own device. Returns `(logits, labels)` on the
     CPU, logits as float32, concatenated over all batches; the model's train/eval mode is restored.
@@ -185,10 +186,15 @@ def predict(model: nn.Module, batches: Iterable, device: torch.device | str | No
     all_logits: list[Tensor] = []
     all_labels: list[Tensor] = []
     with eval_mode(model):
-        for batch in batches:
-            inputs, labels = batch[0], batch[1]
-            all_logits.append(model(inputs.to(target)).float().cpu())
-            all_labels.append(torch.as_tensor(labels).cpu())
+        for batch in map(as_batch, batches):
+            if batch.labels is None:
+                raise DataError("evaluation needs labelled batches; these batches carry no labels")
+            logits = model_logits(model, batch.to(target).inputs).float().cpu()
+            # One row per counted prediction: samples, or the positions a sequence batch's mask keeps.
+            logits, labels = counted_positions(batch.mask, logits, batch.labels.cpu())
+            labelled = labels >= 0  # positions without a label (-100, -1) are not predictions to score
+            all_logits.append(logits[labelled])
+            all_labels.append(labels[labelled])
     if not all_logits:
         raise DataError("predict got no batches; the evaluation data is empty")
     return torch.cat(all_logits), torch.cat(all_labels)

@@ -7,12 +7,8 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
-from distillery.eval.plots import _is_number
-
-if TYPE_CHECKING:
-    from distillery.eval.report import RunRecord
+from distillery.eval.run_record import RunRecord, is_number
 
 _MISSING = "–"
 
@@ -52,7 +48,7 @@ def per_class_table(runs: Sequence[RunRecord]) -> tuple[list[str], list[list[str
             per_class = _per_class(run)
             cells.append(_percent(_at(per_class.get("accuracy"), index)))
             samples = samples if samples is not None else _at(per_class.get("samples"), index)
-        rows.append(cells + [f"{int(samples):,}" if _is_number(samples) else _MISSING])
+        rows.append(cells + [f"{int(samples):,}" if is_number(samples) else _MISSING])
     return header, rows
 
 
@@ -95,4 +91,4 @@ def _at(values, index: int | None):
 
 
 def _percent(value) -> str:
-    return f"{100 * value:.2f}%" if _is_number(value) else _MISSING
+    return f"{100 * value:.2f}%" if is_number(value) else _MISSING

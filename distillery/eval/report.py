@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from distillery.atomic import atomic_write_text
@@ -17,10 +15,10 @@ from distillery.errors import DistilleryError
 from distillery.eval.confusion_plot import confusion_of, plot_confusion
 from distillery.eval.latency import environment_difference, unstable_reason
 from distillery.eval.per_class import per_class_html, per_class_markdown
-from distillery.eval.plots import _is_number, _nested, plot_comparison, plot_learning_curves, plot_reliability
+from distillery.eval.plots import plot_comparison, plot_learning_curves, plot_reliability
+from distillery.eval.run_record import RunRecord, is_number, load_run, nested
 from distillery.output_dir import claim_output_dir
 
-_REQUIRED_FILES = ("metrics.jsonl", "evaluation.json", "model.json")
 _MISSING = "–"
 _COLUMNS = (
     "model", "role", "test accuracy", "NLL", "ECE", "agreement w/ teacher", "parameters", "size",
@@ -36,46 +34,6 @@ _FIGURES = (
 )
 _PLOTTERS = {"learning_curves": plot_learning_curves, "comparison": plot_comparison, "reliability": plot_reliability,
              "confusion": plot_confusion}
-
-
-@dataclass
-class RunRecord:
-    """One finished run directory, as read by :func:`load_run`."""
-
-    run_dir: Path
-    name: str
-    role: str
-    history: list[dict] = field(default_factory=list)
-    evaluation: dict = field(default_factory=dict)
-    metadata: dict = field(default_factory=dict)
-
-
-def load_run(run_dir: str | Path) -> RunRecord:
-    """Read a finished run directory (metrics.jsonl, evaluation.json, model.json).
-
-    Example: ``record = load_run("runs/fashion-kd"); record.evaluation["accuracy"]``
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise DistilleryError(f"run directory {run_dir} does not exist; pass the directory a `distillery train/distill` run wrote")
-    missing = [name for name in _REQUIRED_FILES if not (run_dir / name).is_file()]
-    if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        raise DistilleryError(
-            f"{run_dir} is not a finished distillery run: {' and '.join(missing)} {verb} missing; "
-            "run `distillery train/distill` first"
-        )
-    evaluation = _read_json_object(run_dir / "evaluation.json")
-    metadata = _read_json_object(run_dir / "model.json")
-    role = evaluation.get("role") or metadata.get("role") or "unknown"
-    return RunRecord(
-        run_dir=run_dir,
-        name=str(evaluation.get("name") or run_dir.name),
-        role=str(role),
-        history=_read_jsonl(run_dir / "metrics.jsonl"),
-        evaluation=evaluation,
-        metadata=metadata,
-    )
 
 
 def comparison_table(runs: Sequence[RunRecord]) -> str:
@@ -120,37 +78,6 @@ def _figures(runs: Sequence[RunRecord]) -> list[tuple[str, str, str]]:
     return [figure for figure in _FIGURES if figure[0] != "confusion" or has_confusion]
 
 
-def _read_json_object(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DistilleryError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}); re-run the evaluation") from None
-    except UnicodeDecodeError:
-        raise DistilleryError(f"{path} is not UTF-8 text; re-run the evaluation") from None
-    if not isinstance(value, dict):
-        raise DistilleryError(f"{path} must hold a JSON object, found {type(value).__name__}")
-    return value
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DistilleryError(f"{path} is not UTF-8 text") from None
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DistilleryError(f"{path} line {line_number} is not valid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise DistilleryError(f"{path} line {line_number} must be a JSON object, found {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def _table_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
     """The comparison table's cells as plain text, shared by the Markdown and HTML renderings."""
     rows = []
@@ -160,7 +87,7 @@ def _table_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
         median, p95 = latency.get("batch1_median_ms"), latency.get("batch1_p95_ms")
         # A timing whose own rounds disagree is shown, but marked: the number alone would look as good as any.
         unstable = " (unstable)" if unstable_reason(latency) else ""
-        if _is_number(median) or _is_number(p95):
+        if is_number(median) or is_number(p95):
             latency_text = f"{_fixed(median, 3)} / {_fixed(p95, 3)} ms{unstable}"
         else:
             latency_text = _MISSING
@@ -172,10 +99,10 @@ def _table_rows(runs: Sequence[RunRecord]) -> list[list[str]]:
             _fixed(evaluation.get("nll"), 3),
             _fixed(evaluation.get("ece"), 3),
             _percent(evaluation.get("agreement")),
-            f"{int(_parameters(run)):,}" if _is_number(_parameters(run)) else _MISSING,
+            f"{int(_parameters(run)):,}" if is_number(_parameters(run)) else _MISSING,
             _human_size(evaluation.get("size_bytes")),
             latency_text,
-            f"{round(throughput):,} samples/s{unstable}" if _is_number(throughput) else _MISSING,
+            f"{round(throughput):,} samples/s{unstable}" if is_number(throughput) else _MISSING,
         ])
     return rows
 
@@ -202,7 +129,7 @@ def _size_speed_sentence(student: RunRecord, teacher: RunRecord) -> str | None:
     size_ratio = _ratio(teacher.evaluation.get("size_bytes"), student.evaluation.get("size_bytes"))
     if size_ratio is None:
         size_ratio = _ratio(_parameters(teacher), _parameters(student))
-    speed_ratio = _ratio(*(_nested(run.evaluation, "latency", "batch1_median_ms") for run in (teacher, student)))
+    speed_ratio = _ratio(*(nested(run.evaluation, "latency", "batch1_median_ms") for run in (teacher, student)))
     distrust = _speed_distrust(student, teacher) if speed_ratio is not None else None
     parts = []
     if size_ratio is not None:
@@ -227,7 +154,7 @@ def _speed_distrust(student: RunRecord, teacher: RunRecord) -> str | None:
 
 
 def _ratio(numerator, denominator) -> float | None:
-    if _is_number(numerator) and _is_number(denominator) and numerator > 0 and denominator > 0:
+    if is_number(numerator) and is_number(denominator) and numerator > 0 and denominator > 0:
         return numerator / denominator
     return None
 
@@ -239,13 +166,13 @@ def _ratio_phrase(ratio: float, better: str, worse: str) -> str:
 
 def _gain_sentence(distilled: RunRecord, scratch: RunRecord, teacher: RunRecord | None) -> str | None:
     distilled_accuracy, scratch_accuracy = distilled.evaluation.get("accuracy"), scratch.evaluation.get("accuracy")
-    if not (_is_number(distilled_accuracy) and _is_number(scratch_accuracy)):
+    if not (is_number(distilled_accuracy) and is_number(scratch_accuracy)):
         return None
     gain = 100 * (distilled_accuracy - scratch_accuracy)
     sentence = f"distillation changed test accuracy by {gain:+.2f} points over the student trained from scratch"
     teacher_accuracy = teacher.evaluation.get("accuracy") if teacher is not None else None
     # A gap is only meaningful when the teacher beats the scratch student.
-    if _is_number(teacher_accuracy) and teacher_accuracy > scratch_accuracy:
+    if is_number(teacher_accuracy) and teacher_accuracy > scratch_accuracy:
         share = gain / (100 * (teacher_accuracy - scratch_accuracy))
         if share >= 0:
             sentence += f" (closing {100 * share:.0f}% of the teacher–scratch gap)"
@@ -261,7 +188,7 @@ def _run_details(run: RunRecord) -> list[tuple[str, str]]:
     if isinstance(method, dict):
         method = method.get("name")
     epochs = _find_key(config, "epochs")
-    dataset = _nested(run.metadata, "dataset", "name")
+    dataset = nested(run.metadata, "dataset", "name")
     items = [
         ("run directory", str(run.run_dir)),
         ("role", run.role),
@@ -370,15 +297,15 @@ def _parameters(run: RunRecord):
 
 
 def _percent(value) -> str:
-    return f"{100 * value:.2f}%" if _is_number(value) else _MISSING
+    return f"{100 * value:.2f}%" if is_number(value) else _MISSING
 
 
 def _fixed(value, decimals: int) -> str:
-    return f"{value:.{decimals}f}" if _is_number(value) else _MISSING
+    return f"{value:.{decimals}f}" if is_number(value) else _MISSING
 
 
 def _human_size(size_bytes) -> str:
-    if not _is_number(size_bytes):
+    if not is_number(size_bytes):
         return _MISSING
     for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
         if size_bytes >= scale:

@@ -7,6 +7,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from distillery.data.batch import Batch
 from distillery.registry import Registry
 from distillery.teachers import freeze
 
@@ -69,5 +70,7 @@ class Method(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Told at the start of every epoch (counted from 1); methods with schedules override it."""
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+    def step(self, batch: Batch) -> StepOutput:
+        """One training step on ``batch`` (see :class:`~distillery.data.batch.Batch`: inputs a tensor or a
+        mapping of tensors, labels per sample or per position, a mask of what counts, sample indices)."""
         raise NotImplementedError

@@ -6,11 +6,11 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from distillery.data.batch import Batch, model_logits
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy, soft_target_kl
 from distillery.methods.base import METHODS, Method, StepOutput
-from distillery.methods.hooks import capture_features, probe_shapes, resolve_module
-
+from distillery.models.hooks import capture_features, probe_shapes, resolve_module
 
 # Heads average-pool 4-D features to at most this many cells a side. Global pooling (1 cell) throws away
 # where things are, and a head on an early layer then cannot classify: on digits, a globally pooled head on
@@ -85,12 +85,13 @@ class DeepSupervision(Method):
         self.aux_weight = aux_weight
         self.label_smoothing = label_smoothing
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+    def step(self, batch: Batch) -> StepOutput:
+        inputs, labels = batch.inputs, batch.labels
         if labels is None:
             raise ConfigError("method 'deep_supervision' needs labels: the final head learns from them; "
                               "train on labelled data")
         with capture_features({str(k): module for k, module in enumerate(self._layer_modules)}) as features:
-            logits = self.student(inputs)
+            logits = model_logits(self.student, inputs)
         final = hard_label_cross_entropy(logits, labels, self.label_smoothing)
         # Detached: the heads learn from the final head, which must not bend towards them.
         soft_targets = logits.detach()

@@ -6,11 +6,17 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from distillery.data.batch import Batch
 from distillery.errors import ConfigError, ModelError
-from distillery.losses import (attention_transfer, hard_label_cross_entropy, hint_mse, pool_to_common_size,
-                               soft_target_kl)
+from distillery.losses import (
+    attention_transfer,
+    hard_label_cross_entropy,
+    hint_mse,
+    pool_to_common_size,
+    soft_target_kl,
+)
 from distillery.methods.base import METHODS, Method, StepOutput
-from distillery.methods.hooks import capture_features, probe_feature_shapes, resolve_module
+from distillery.models.hooks import capture_features, probe_feature_shapes, resolve_module
 
 
 def _non_negative(name: str, value: float) -> float:
@@ -90,7 +96,8 @@ class FeatureMethod(Method):
     def feature_loss(self, index: int, student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+    def step(self, batch: Batch) -> StepOutput:
+        inputs, labels, indices = batch.inputs, batch.labels, batch.indices
         teacher_logits, teacher_features = self.teacher_outputs(inputs, indices)
         student_hooks = {str(i): module for i, module in enumerate(self._student_modules)}
         with capture_features(student_hooks) as student_features:

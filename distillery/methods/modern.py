@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distillery.data.batch import Batch
 from distillery.errors import ConfigError
 from distillery.losses import decoupled_kd, dist_loss, hard_label_cross_entropy
 from distillery.methods.base import METHODS, StepOutput
@@ -61,13 +62,14 @@ class DecoupledKD(SingleTeacherMethod):
             return 1.0
         return min(self.epoch / self.warmup_epochs, 1.0)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
+    def step(self, batch: Batch) -> StepOutput:
+        student_logits, teacher_logits, labels = (self.student_and_teacher_logits(batch) if batch.labels is not None
+                                                  else (None, None, None))
         if labels is None or bool((labels < 0).any()):
             raise ConfigError(
                 "method 'dkd' needs every sample's label: decoupled KD splits each distribution at the true class; "
                 "use 'hinton' or 'dist' for an unlabeled or partly labelled transfer set"
             )
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
         soft_student, soft_teacher = self.soft_loss_inputs(student_logits, teacher_logits, labels)
         dkd = decoupled_kd(soft_student, soft_teacher, labels, self.temperature,
                            alpha=self.tckd_weight, beta=self.nckd_weight)

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from distillery.data.batch import Batch, Inputs, model_logits
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy, soft_target_kl
 from distillery.methods.base import METHODS, Method, StepOutput
@@ -68,11 +69,11 @@ class OnlineMethod(Method):
         loss = self.alpha * hard + (1.0 - self.alpha) * soft
         return loss, {**logs, "kd": soft.detach(), "loss": loss.detach()}
 
-    def all_logits(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        student_logits = self.student(inputs)
+    def all_logits(self, inputs: Inputs) -> dict[str, torch.Tensor]:
+        student_logits = model_logits(self.student, inputs)
         logits = {"student": student_logits}
         for name, peer in self.peers.items():
-            logits[name] = peer(inputs)
+            logits[name] = model_logits(peer, inputs)
             _same_classes(student_logits, logits[name], name)
         return logits
 
@@ -110,9 +111,9 @@ class MutualLearning(OnlineMethod):
         super().__init__(student, {f"peer{number}": peer for number, peer in enumerate(peers, start=1)},
                          temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        labels = _needs_labels(labels, "mutual")
-        logits = self.all_logits(inputs)
+    def step(self, batch: Batch) -> StepOutput:
+        labels = _needs_labels(batch.labels, "mutual")
+        logits = self.all_logits(batch.inputs)
         losses = {}
         for name, own in logits.items():
             others = [other for other_name, other in logits.items() if other_name != name]
@@ -139,9 +140,9 @@ class OnlineDistillation(OnlineMethod):
         super().__init__(student, {"teacher": teacher_model}, temperature=temperature, alpha=alpha,
                          label_smoothing=label_smoothing)
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        labels = _needs_labels(labels, "online")
-        logits = self.all_logits(inputs)
+    def step(self, batch: Batch) -> StepOutput:
+        labels = _needs_labels(batch.labels, "online")
+        logits = self.all_logits(batch.inputs)
         losses = {"student": self.model_loss(logits["student"], labels, [logits["teacher"]]),
                   "teacher": self.model_loss(logits["teacher"], labels, [])}
         return self.combine(losses, logits["student"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distillery.data.batch import Batch, counted_positions, model_logits
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy, logit_mse, soft_target_kl, standardize_logits
 from distillery.methods.base import METHODS, Method, StepOutput
@@ -34,22 +35,23 @@ class SingleTeacherMethod(Method):
         """
         self.precomputed_teacher_logits = logits
 
-    def student_and_teacher_logits(self, inputs: torch.Tensor, indices: torch.Tensor | None
-                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def student_and_teacher_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The student's and teacher's logits and the labels, one row per counted prediction (see
+        :func:`~distillery.data.batch.counted_positions`): ``[N, C]``, ``[N, C]``, ``[N]`` or None."""
         if self.precomputed_teacher_logits is not None:
-            if indices is None:
+            if batch.indices is None:
                 raise ValueError("precomputed teacher logits need the batches' sample indices")
-            teacher_logits = self.precomputed_teacher_logits[indices].to(inputs.device, torch.float32)
+            teacher_logits = self.precomputed_teacher_logits[batch.indices].to(batch.device, torch.float32)
         else:
             with torch.no_grad():
-                teacher_logits = self.teacher(inputs)
-        student_logits = self.student(inputs)
+                teacher_logits = model_logits(self.teacher, batch.inputs)
+        student_logits = model_logits(self.student, batch.inputs)
         if teacher_logits.shape != student_logits.shape:
             raise ModelError(
                 f"teacher outputs {tuple(teacher_logits.shape[1:])} but student outputs "
                 f"{tuple(student_logits.shape[1:])}; both must predict the same classes"
             )
-        return student_logits, teacher_logits
+        return counted_positions(batch.mask, student_logits, teacher_logits, batch.labels)
 
     def soft_loss_inputs(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +90,8 @@ class TeacherLogitMethod(SingleTeacherMethod):
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        student_logits, teacher_logits = self.student_and_teacher_logits(inputs, indices)
+    def step(self, batch: Batch) -> StepOutput:
+        student_logits, teacher_logits, labels = self.student_and_teacher_logits(batch)
         soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits, labels))
         logs = {"kd": soft.detach()}
         loss = (1.0 - self.alpha) * soft

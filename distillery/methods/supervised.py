@@ -1,9 +1,9 @@
 """Training on labels alone: teachers and the student-from-scratch baseline."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
+from distillery.data.batch import Batch, counted_positions, model_logits
 from distillery.errors import ConfigError
 from distillery.losses import hard_label_cross_entropy
 from distillery.methods.base import METHODS, Method, StepOutput
@@ -22,9 +22,9 @@ class Supervised(Method):
         super().__init__(student)
         self.label_smoothing = label_smoothing
 
-    def step(self, inputs: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> StepOutput:
-        if labels is None:
+    def step(self, batch: Batch) -> StepOutput:
+        if batch.labels is None:
             raise ConfigError("supervised training needs labels; the training data has none")
-        logits = self.student(inputs)
+        logits, labels = counted_positions(batch.mask, model_logits(self.student, batch.inputs), batch.labels)
         loss = hard_label_cross_entropy(logits, labels, self.label_smoothing)
         return StepOutput(loss=loss, logits=logits, logs={"ce": loss.detach()})

@@ -6,7 +6,7 @@ from typing import Any, Collection
 
 from torch import nn
 
-from distillery.engine.checkpoint import load_checkpoint_files
+from distillery.models.checkpoint_files import load_checkpoint_files
 from distillery.errors import CheckpointError, DistilleryError
 from distillery.models.factory import MODELS, build_model
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from distillery.errors import CheckpointError
-from distillery.methods.hooks import probe_feature_shapes, resolve_module
+from distillery.models.hooks import probe_feature_shapes, resolve_module
 from distillery.teachers.cache import (CacheFiles, cache_key, default_cache_dir, fingerprint, open_cache, read_cache,
                                        reusable_cache, save_cache, write_cache)
 from distillery.teachers.precomputed import precompute_outputs

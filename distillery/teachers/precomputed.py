@@ -6,15 +6,16 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from distillery.data.batch import as_batch, model_logits
 from distillery.errors import ModelError
 from distillery.eval.metrics import eval_mode
-from distillery.methods.hooks import capture_features
+from distillery.models.hooks import capture_features
 
 
 def precompute_logits(teacher: nn.Module, batches: Iterable, size: int) -> torch.Tensor:
     """The teacher's logits for every sample, placed by sample index: a [size, classes] CPU tensor.
 
-    ``batches`` yields (inputs, labels, indices) as a BatchIterator does. Valid only while the
+    ``batches`` yields batches with sample indices, as a BatchIterator does. Valid only while the
     transfer pipeline is deterministic (no random augmentation): then the teacher would give the
     same outputs every epoch, and running it once instead of every epoch is most of a
     distillation run's cost saved.
@@ -44,12 +45,13 @@ def precompute_outputs(teacher: nn.Module, batches: Iterable, size: int,
     covered = torch.zeros(size, dtype=torch.bool)
     feature_tables: dict[str, torch.Tensor] = {}
     with eval_mode(teacher):
-        for inputs, _, indices in batches:
+        for batch in map(as_batch, batches):
+            indices = batch.indices
             with capture_features(layers) as features:
-                logits = teacher(inputs.to(device)).float().cpu()
+                logits = model_logits(teacher, batch.to(device).inputs).float().cpu()
             check_teacher_outputs(logits, indices)
             if logit_table is None:
-                logit_table = torch.empty((size, logits.shape[1]))
+                logit_table = torch.empty((size, *logits.shape[1:]))
             logit_table[indices] = logits
             covered[indices] = True
             for name, value in features.items():

@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from distillery.config import build_config, merge
+from distillery.app.config_file import build_config, merge
+from distillery.app.run import run
 from distillery.errors import ConfigError
-from distillery.eval.report import comparison_table, load_run, write_report
-from distillery.runs import run
+from distillery.eval.report import comparison_table, write_report
+from distillery.eval.run_record import load_run
 
 # Per dataset: the data section (with the teacher's additions), the teacher and student architectures and their training budgets.
 # The digits recipe finishes in well under 3 minutes on 2 CPU cores; Fashion-MNIST in about 5.

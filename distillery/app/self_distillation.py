@@ -14,9 +14,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from distillery.api import Result, as_batches, fit_method, run_teacher_once
-from distillery.config import LOGIT_METHODS
-from distillery.engine.trainer import EpochCallback, unpack_batch
+from distillery.app.distill_config import LOGIT_METHODS
+from distillery.app.fit import Result, as_batches, fit_method
+from distillery.app.transfer import run_teacher_once
+from distillery.data import as_batch
+from distillery.engine.trainer import EpochCallback
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import Method, create_method
 from distillery.teachers.frozen import left_as_found
@@ -140,7 +142,7 @@ def deep_supervision(student: nn.Module, train_data: Any, val_data: Any = None, 
     """
     if input_shape is None:
         first_batch = next(iter(as_batches(train_data, 2, shuffle=False, seed=seed)))
-        input_shape = tuple(unpack_batch(first_batch)[0].shape[1:])
+        input_shape = tuple(as_batch(first_batch).inputs.shape[1:])
     torch.manual_seed(seed)
     method = create_method("deep_supervision", student, student_layers=student_layers, input_shape=input_shape,
                            temperature=temperature, alpha=alpha, aux_weight=aux_weight,

@@ -1,4 +1,5 @@
-"""Config-driven born-again runs: every generation a run directory of its own under <run>/generations/gen<g>/.
+"""Born-again generations from a config, a client of the run's steps: every generation a run directory of its
+own under <run>/generations/gen<g>/.
 
 See docs/run-directory.md for the files; :func:`distillery.born_again` does the training.
 """
@@ -11,21 +12,26 @@ from typing import Any
 
 from torch import nn
 
-from distillery.api import Result, evaluate
-from distillery.config import RunConfig, dump_config
+from distillery.app.config import RunConfig
+from distillery.app.config_file import dump_config
+from distillery.app.data import PreparedData
+from distillery.app.evaluation import evaluate
+from distillery.app.fit import Result
+from distillery.app.method import TEACHER_SETTINGS
+from distillery.app.self_distillation import BornAgainResult, born_again, build_distiller
+from distillery.app.teachers import teachers_and_data
+from distillery.app.write import run_metadata
 from distillery.data import BatchIterator
 from distillery.engine import RunDirectory, resolve_device
 from distillery.engine.distributed import setup_distributed
 from distillery.models import build_model
-from distillery.runs import TEACHER_SETTINGS, PreparedData, _metadata, teachers_and_data
-from distillery.self_distillation import BornAgainResult, born_again, build_distiller
 
 TRAIN_OPTIONS = {"epochs", "lr", "optimizer", "weight_decay", "momentum", "schedule", "precision", "compile", "grad_clip"}
 SUMMARY_KEYS = ("accuracy", "nll", "ece", "agreement")
 
 
 def run_born_again(config: RunConfig, *, overwrite: bool = False) -> Path:
-    """:func:`distillery.run` for a config with ``distill.generations``; returns the run directory.
+    """:func:`distillery.app.run.run` for a config with ``distill.generations``; returns the run directory.
 
     Example::
 
@@ -49,7 +55,7 @@ def run_born_again(config: RunConfig, *, overwrite: bool = False) -> Path:
     if context.is_main:
         run_dir.start(dump_config(config))
         shutil.rmtree(run_dir.path / "generations", ignore_errors=True)  # a replaced run's generations go with it
-    writer = GenerationWriter(config, run_dir, data, _metadata(config, data, model_factory()))
+    writer = GenerationWriter(config, run_dir, data, run_metadata(config, data, model_factory()))
     train_batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
                                   augmentation=data.augmentation, transform=data.normalizer)
     result = born_again(model_factory, train_batches, BatchIterator(data.val, 512) if data.val is not None else None,

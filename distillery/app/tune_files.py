@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
+from distillery.app.config_file import dump_config
+from distillery.app.tune_result import TunePoint, TuneResult, short_name
 from distillery.atomic import atomic_write_text
-from distillery.config import dump_config
-
-if TYPE_CHECKING:
-    from distillery.tune import TunePoint, TuneResult
 
 
 def write_tune_files(output_dir: Path, plan: dict[str, Any], finished: list[TunePoint],
@@ -36,7 +34,7 @@ def write_tune_files(output_dir: Path, plan: dict[str, Any], finished: list[Tune
     atomic_write_text(output_dir / "tune.md", tune_table(result))
     atomic_write_text(output_dir / "best.yaml", _best_yaml(result))
     if len(grid) == 2:
-        from distillery.eval.plots import plot_tune_heatmap  # matplotlib is slow to import; only two keys need it
+        from distillery.eval.tune_plot import plot_tune_heatmap  # matplotlib is slow to import; only two keys need it
 
         rows, columns = grid.values()
         # The points come in grid order (itertools.product): row by row.
@@ -52,21 +50,6 @@ def _point_record(point: TunePoint) -> dict[str, Any]:
     return {"name": point.name, "settings": point.settings, "run_dir": str(point.run_dir),
             "val_accuracy": point.val_accuracy, "test_accuracy": point.test_accuracy,
             "train_seconds": round(point.train_seconds, 2), "reused": point.reused}
-
-
-# Column names of keys whose last part says enough; the temperature is T in the papers.
-SHORT_NAMES = {"distill.temperature": "T"}
-
-
-def short_name(key: str, keys: Mapping[str, Any]) -> str:
-    """The column name of a grid key: its last part (T for the temperature), the whole key where two clash.
-
-    Example: ``short_name("distill.alpha", {"distill.alpha": 0.5}) == "alpha"``
-    """
-    leaf = key.rsplit(".", 1)[-1]
-    if sum(other.rsplit(".", 1)[-1] == leaf for other in keys) > 1:
-        return key
-    return SHORT_NAMES.get(key, leaf)
 
 
 def tune_table(result: TuneResult) -> str:

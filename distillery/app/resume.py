@@ -4,11 +4,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from distillery.config import RunConfig, dump_config, load_config
+from distillery.app.config import RunConfig
+from distillery.app.config_file import dump_config, load_config
 from distillery.engine import RunDirectory, resolve_device
+from distillery.engine.checkpointer import Checkpointer
 from distillery.engine.device import check_compilable
 from distillery.engine.distributed import DistributedContext
-from distillery.engine.training_state import STATE_DIR, Checkpointer, SavedState, read_training_state
+from distillery.engine.training_state import STATE_DIR, SavedState, read_training_state
 from distillery.errors import CheckpointError, ConfigError
 
 

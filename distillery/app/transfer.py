@@ -1,4 +1,4 @@
-"""A run's training batches, and where the teacher's outputs come from: live, cached, or cached views.
+"""Build step 4, the transfer batches: a run's training batches, and where the teacher's outputs come from: live, cached, or cached views.
 
 The teacher is the expensive half of a distillation step. When every epoch shows it the same inputs
 (no random augmentation) its logits, and the features a feature method reads, are computed once and
@@ -8,16 +8,25 @@ like plain inputs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from torch import nn
 
+from distillery.app.config import RunConfig
+from distillery.app.data import PreparedData, label_options
+from distillery.app.teachers import teacher_feature_paths, teachers_and_data
 from distillery.data import ArrayDataset, Augmentation, BatchIterator
+from distillery.data.memmap import MemmapInputs
 from distillery.data.views import ViewBatches, augmented_views, view_description
+from distillery.engine import resolve_device
+from distillery.errors import ConfigError
+from distillery.methods import Method, method_uses_teacher_features, method_uses_teacher_logits
 from distillery.teachers.cache import cached_teacher_logits
 from distillery.teachers.feature_cache import cached_teacher_outputs
+from distillery.teachers.from_config import LoadedTeacher
+from distillery.teachers.inputs import pipeline_description
 from distillery.teachers.precomputed import precompute_logits
 
 
@@ -45,8 +54,8 @@ class TransferPlan:
 def _offset_batches(views: list[ArrayDataset], transform: Callable | None) -> Iterator:
     # Every view in order, indices offset by view · N, as ViewBatches addresses them.
     for number, view in enumerate(views):
-        for inputs, labels, indices in BatchIterator(view, 512, transform=transform):
-            yield inputs, labels, indices + number * len(view)
+        for batch in BatchIterator(view, 512, transform=transform):
+            yield replace(batch, indices=batch.indices + number * len(view))
 
 
 def plan_transfer(train: ArrayDataset, teacher: nn.Module | None, *, augmentation: Augmentation,
@@ -89,3 +98,65 @@ def plan_transfer(train: ArrayDataset, teacher: nn.Module | None, *, augmentatio
     table, note = cached_teacher_logits(teacher, train.inputs, ordered, size, stem=stem,
                                         preprocessing=preprocessing, view=view, cache_dir=cache_dir, rebuild=rebuild)
     return TransferPlan(batches, table, note)
+
+
+def transfer_plan(config: RunConfig, data: PreparedData, teachers: list[LoadedTeacher], teacher: nn.Module | None,
+                   rebuild: bool = False) -> TransferPlan:
+    distill = config.distill
+    uses_features = distill is not None and method_uses_teacher_features(distill.method)
+    uses_table = distill is not None and (method_uses_teacher_logits(distill.method) or uses_features)
+    if uses_table and teacher is not None and distill.teacher_cache != "off" and isinstance(data.train.inputs, MemmapInputs):
+        raise ConfigError(f"the teacher-output cache fingerprints the whole transfer set in memory, but "
+                          f"{data.train.source} is memory-mapped; set distill.teacher_cache: off")
+    if distill is not None and distill.teacher_views and not uses_table:
+        raise ConfigError(f"teacher_views caches the teacher's outputs, which method {distill.method!r} does not "
+                          "read from a cache; remove teacher_views")
+    return plan_transfer(data.train, teacher, augmentation=data.augmentation, transform=data.normalizer,
+                         batch_size=config.train.batch_size, seed=config.seed,
+                         label_options=label_options(config.transfer, len(data.train)), teacher_table=uses_table,
+                         cache=distill.teacher_cache if distill else "off",
+                         views=distill.teacher_views if distill else None,
+                         preprocessing=pipeline_description(
+                             data.normalizer, [loaded.metadata.get("preprocessing") for loaded in teachers]),
+                         rebuild=rebuild,
+                         teacher_layers=teacher_feature_paths(config, teacher) if uses_features else (),
+                         feature_budget_mb=distill.feature_cache_mb if distill else 0.0)
+
+
+def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
+    """Compute the teacher's outputs on the config's transfer set ahead of the run and cache them.
+
+    Example::
+
+        print(build_teacher_cache(load_config("configs/fashion_mnist_distill.yaml")))
+    """
+    distill = config.distill
+    if distill is None or not distill.teacher:
+        raise ConfigError("a teacher cache needs a distill: section that names a teacher")
+    if distill.teacher_cache == "off":
+        raise ConfigError("distill.teacher_cache is off; set it to auto or a file path to build a cache")
+    if config.data.augment.enabled and not distill.teacher_views:
+        raise ConfigError("data.augment draws new images every epoch, so the teacher runs live; set "
+                          "distill.teacher_views: K to cache K fixed augmented views")
+    teachers, data, teacher = teachers_and_data(config)
+    plan = transfer_plan(config, data, teachers, teacher, rebuild=rebuild)
+    if method_uses_teacher_features(distill.method) and plan.teacher_features is None:
+        raise ConfigError(f"{plan.note} (e.g. --set distill.feature_cache_mb=N)")
+    return plan.note
+
+
+def run_teacher_once(method: Method, teacher: nn.Module, train_data: Any, device: str = "auto") -> None:
+    """Give ``method`` the teacher's logits over a deterministic transfer set (an ArrayDataset, or a
+    BatchIterator whose augmentation is off), placed by sample index; other data (a DataLoader, augmented
+    batches) leaves the teacher running live."""
+    if isinstance(train_data, ArrayDataset):
+        dataset, transform = train_data, None
+    elif isinstance(train_data, BatchIterator) and (train_data.augmentation is None
+                                                    or not train_data.augmentation.enabled):
+        dataset, transform = train_data.dataset, train_data.transform
+    else:
+        return
+    if hasattr(method, "use_precomputed_teacher_logits"):
+        teacher.to(resolve_device(device))
+        method.use_precomputed_teacher_logits(
+            precompute_logits(teacher, BatchIterator(dataset, 512, transform=transform), len(dataset)))

@@ -12,67 +12,25 @@ import json
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 from tqdm import tqdm
 
-from distillery.config import RunConfig, build_config, load_config, merge
+from distillery.app.config import RunConfig
+from distillery.app.config_file import build_config, load_config, merge
+from distillery.app.run import run
+from distillery.app.tune_files import write_tune_files
+from distillery.app.tune_result import TunePoint, TuneResult, short_name
 from distillery.engine import RunDirectory
 from distillery.errors import ConfigError, RunExistsError
 from distillery.methods import method_accepts
-from distillery.runs import run
-from distillery.tune_files import short_name, write_tune_files
 
 # Hinton et al. tune exactly these two; small students like low temperatures, so the grid starts at 1.
 DEFAULT_GRID: dict[str, list[Any]] = {"distill.temperature": [1, 2, 4], "distill.alpha": [0.1, 0.5, 0.9]}
 MAX_POINTS = 64
 SCRATCH = "scratch"
-
-
-@dataclass
-class TunePoint:
-    """One finished run of the tune: its settings (dotted key -> value; none for the scratch reference)."""
-
-    name: str
-    settings: dict[str, Any]
-    run_dir: Path
-    val_accuracy: float
-    test_accuracy: float
-    train_seconds: float
-    reused: bool
-
-    @property
-    def label(self) -> str:
-        """``"T 2, alpha 0.5"``, or ``"from scratch"``."""
-        if not self.settings:
-            return "from scratch"
-        return ", ".join(f"{short_name(key, self.settings)} {value}" for key, value in self.settings.items())
-
-
-@dataclass
-class TuneResult:
-    """The best grid point by validation accuracy, its full config, every point and the scratch reference."""
-
-    best: TunePoint
-    best_config: RunConfig
-    scratch: TunePoint
-    points: list[TunePoint]
-    output_dir: Path
-    final_run: Path | None = None
-
-    @property
-    def pays(self) -> bool:
-        """Whether the best distilled student beats the student from scratch on validation accuracy."""
-        return self.best.val_accuracy > self.scratch.val_accuracy
-
-    @property
-    def summary(self) -> str:
-        line = (f"best: {self.best.label}: {self.best.val_accuracy:.1%} val vs "
-                f"{self.scratch.val_accuracy:.1%} from scratch")
-        return line if self.pays else line + " (distillation does not pay at this budget)"
 
 
 def parse_grid(pairs: Sequence[str]) -> dict[str, list[Any]]:

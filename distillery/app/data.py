@@ -1,0 +1,128 @@
+"""Build step 1, the data: load, limit, split and normalise a run's dataset, and its transfer set."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distillery.app.config import DataConfig, TransferConfig
+from distillery.data import (
+    ArrayDataset,
+    Augmentation,
+    Normalizer,
+    filter_classes,
+    labeled_mask,
+    load_dataset,
+    select_classes,
+    train_val_split,
+)
+from distillery.errors import DataError, ModelError
+from distillery.teachers.inputs import teacher_normalizer
+
+# Every run of a comparison must validate and test on the same samples, whatever its own seed.
+SPLIT_SEED = 0
+
+
+@dataclass
+class PreparedData:
+    train: ArrayDataset          # raw pixels: augmentation works on them, normalisation follows per batch
+    val: ArrayDataset | None     # normalised
+    test: ArrayDataset           # normalised
+    normalizer: Normalizer | None
+    augmentation: Augmentation
+
+
+def seeded_subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
+    if limit is None or limit >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    return dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
+
+
+def transfer_set(train: ArrayDataset, transfer: TransferConfig) -> ArrayDataset:
+    """The training split, or another source's training data, restricted to the chosen classes."""
+    if transfer.dataset is not None:
+        train = seeded_subset(load_dataset(transfer.dataset, transfer.path)[0], transfer.limit)
+    elif transfer.limit is not None:
+        train = seeded_subset(train, transfer.limit)
+    if transfer.classes or transfer.exclude_classes:
+        train = filter_classes(train, transfer.classes, transfer.exclude_classes)
+    return train
+
+
+def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | None = None,
+                 transfer: TransferConfig | None = None) -> PreparedData:
+    """Load, limit, split and normalise; ``preprocessing`` (a teacher's) replaces fitting a new normaliser.
+
+    With ``transfer``, the training set becomes that transfer set; validation and test stay the
+    evaluation dataset's, over all its classes.
+    """
+    train_full, test = load_dataset(data.dataset, data.path)
+    train_full = seeded_subset(train_full, data.train_limit)
+    test = seeded_subset(test, data.test_limit)
+    train, val = train_val_split(train_full, data.val_fraction, seed=SPLIT_SEED)
+    # Normalised with every class's statistics: models of different class subsets then share their inputs.
+    all_classes = train
+    if data.classes is not None:
+        train, test = select_classes(train, data.classes), select_classes(test, data.classes)
+        val = select_classes(val, data.classes) if val is not None else None
+    if transfer is not None:
+        train = transfer_set(train, transfer)
+        if train.input_shape != test.input_shape:
+            raise DataError(f"the transfer set ({train.source}) has inputs of shape {train.input_shape} but the "
+                            f"evaluation data has {test.input_shape}; both must feed the same student")
+        if transfer.labels and train.class_names != test.class_names:
+            raise DataError(f"the transfer set ({train.source}) names its classes differently from the evaluation "
+                            "data, so its labels cannot be used; set transfer.labels: false")
+    if preprocessing is not None:
+        normalizer = preprocessing if isinstance(preprocessing, Normalizer) else Normalizer.from_dict(preprocessing)
+    else:
+        normalizer = Normalizer.fit(all_classes if data.classes else train) if data.normalize else None
+    if normalizer is not None:
+        val = normalizer.apply(val) if val is not None else None
+        test = normalizer.apply(test)
+    augmentation = Augmentation(data.augment.shift, data.augment.crop_padding, data.augment.flip)
+    return PreparedData(train, val, test, normalizer, augmentation)
+
+
+def check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str,
+                      classes: bool = True) -> None:
+    shape = tuple(dataset.input_shape)
+    if tuple(metadata["input_shape"]) != shape:
+        raise ModelError(f"{role} {path} takes inputs of shape {tuple(metadata['input_shape'])} "
+                         f"but the data has {shape}; use the data the {role} was trained for")
+    if classes and int(metadata["num_classes"]) != dataset.num_classes:
+        raise ModelError(f"{role} {path} predicts {metadata['num_classes']} classes but the data "
+                         f"has {dataset.num_classes}; the {role} and the data must share their classes")
+
+
+def label_options(transfer: TransferConfig | None, size: int) -> dict[str, Any]:
+    """All labels, none (soft targets only), or a seeded share of them."""
+    if transfer is None:
+        return {}
+    if transfer.labeled_fraction is not None and transfer.labeled_fraction < 1.0:
+        return {"labeled": labeled_mask(size, transfer.labeled_fraction, seed=SPLIT_SEED)}
+    return {"with_labels": transfer.labels}
+
+
+def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str | None = None,
+                    data_path: str | None = None, test_limit: int | None = None) -> PreparedData:
+    """A checkpoint's recorded dataset (or ``dataset``) in its recorded preprocessing, checked to fit the model.
+
+    There is no validation split: ``train`` is the whole training split (raw), ``test`` is normalised.
+
+    Example::
+
+        model, metadata = load_model("runs/distilled")
+        test = checkpoint_data("runs/distilled", metadata).test
+    """
+    recorded = metadata.get("dataset") or {}
+    data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
+                             path=data_path if dataset or data_path else recorded.get("path"),
+                             test_limit=test_limit, val_fraction=0.0, normalize=False,
+                             classes=recorded.get("classes") if dataset is None else None)
+    data = prepare_data(data_config, teacher_normalizer(metadata.get("preprocessing"), str(path)))
+    check_model_fits(metadata, data.test, path, "model")
+    return data

@@ -1,0 +1,92 @@
+"""The fit step: train any method on batches with one optimiser and schedule, on one process or under torchrun."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from distillery.data import ArrayDataset, BatchIterator
+from distillery.engine import Trainer, build_optimizer, build_scheduler, compile_student, peer_record, resolve_device
+from distillery.engine.distributed import setup_distributed
+from distillery.errors import DataError
+from distillery.methods import Method
+
+
+@dataclass
+class Result:
+    """A trained model (its best-on-validation weights), its per-epoch history and best validation metrics.
+
+    ``peers`` holds, by name, the models an online method trained beside the student, each a Result of
+    its own: its best weights by its own validation accuracy, and its part of every epoch's record.
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_epoch: int = 0
+    peers: dict[str, "Result"] = field(default_factory=dict)
+
+
+def as_batches(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+    """An ArrayDataset becomes a seeded BatchIterator; any re-iterable of batches (a DataLoader) is used as is."""
+    if isinstance(data, ArrayDataset):
+        return BatchIterator(data, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    if not hasattr(data, "__iter__") or isinstance(data, torch.Tensor):
+        raise DataError(f"data must be an ArrayDataset or an iterable of (inputs, labels) batches, got {type(data).__name__}")
+    if iter(data) is data:
+        raise DataError("data is a one-shot iterator (a generator?); pass something iterable once per epoch, "
+                        "such as a DataLoader or a list of batches")
+    return data
+
+
+def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs: int = 10, lr: float = 1e-3,
+               optimizer: str = "adamw", weight_decay: float = 5e-4, momentum: float = 0.9,
+               schedule: str = "cosine", batch_size: int = 128, seed: int = 0, device: str = "auto",
+               progress: bool = True, on_epoch_end=None, description: str = "train", precision: str = "fp32",
+               compile: bool = False, grad_clip: float | None = None, checkpointer=None, resume=None) -> Result:
+    """Train any Method; :func:`train` and :func:`distill` are this with a method chosen for you.
+
+    ``precision="bf16"`` runs each step under bfloat16 autocast; ``compile=True`` compiles the student
+    with torch.compile. Neither changes what is saved. ``grad_clip`` caps the gradients' global norm.
+    Under torchrun it trains data-parallel: ``batch_size`` (or the given loader's) is the global batch.
+    ``checkpointer`` (an :class:`distillery.engine.training_state.Checkpointer`) saves the full training
+    state as training goes (under torchrun, give every process one: they stop and save together);
+    ``resume`` (a state read with ``read_training_state``) continues from one.
+    """
+    context = setup_distributed(device)
+    train_batches = context.shard(as_batches(train_data, batch_size, shuffle=True, seed=seed), training=True)
+    val_batches = (context.shard(as_batches(val_data, max(batch_size, 512), shuffle=False, seed=seed), training=False)
+                   if val_data is not None else None)
+    steps_per_epoch = _steps_per_epoch(train_batches, schedule)
+    target = context.place(resolve_device(device))
+    method.to(target)
+    if compile:
+        compile_student(method)
+    opt = build_optimizer(method.trainable_parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum)
+    scheduler = build_scheduler(opt, schedule, total_steps=epochs * steps_per_epoch)
+    trainer = Trainer(method, opt, scheduler, epochs=epochs, device=target, progress=progress and context.is_main,
+                      description=description, precision=precision, grad_clip=grad_clip, distributed=context)
+    fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end, checkpointer=checkpointer,
+                         resume=resume)
+    method.student.load_state_dict(fitted.best_state)
+    peers = {}
+    for name, peer in method.peer_models().items():
+        best = fitted.peers[name]
+        peer.load_state_dict(best.state)
+        peers[name] = Result(model=peer, history=[peer_record(record, name) for record in fitted.history],
+                             metrics=best.metrics, best_epoch=best.epoch)
+    return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics,
+                  best_epoch=fitted.best_epoch, peers=peers)
+
+
+def _steps_per_epoch(batches: Iterable, schedule: str) -> int:
+    # Per-step schedules must know the run's length up front; a constant one does not.
+    try:
+        return len(batches)
+    except TypeError:
+        if schedule == "constant":
+            return 1
+        raise DataError(f"the training data ({type(batches).__name__}) has no length, which the {schedule!r} "
+                        "schedule needs; pass a sized DataLoader or list, or schedule='constant'") from None

@@ -1,0 +1,85 @@
+"""Build step 2, the teachers: load the configured teachers, check them against the data, feed each its own
+inputs, and combine several into the one teacher a method distils from."""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distillery.app.config import RunConfig
+from distillery.app.data import PreparedData, check_model_fits, prepare_data
+from distillery.errors import ConfigError
+from distillery.methods import method_accepts, method_default
+from distillery.teachers.ensemble import EnsembleTeacher
+from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
+from distillery.teachers.inputs import feed_own_inputs, teacher_normalizer
+
+FEATURE_PATHS = ("teacher_layer", "teacher_layers")
+
+
+def trusted_factories(config: RunConfig) -> set[str]:
+    """The ``package.module:function`` factories the user's own config names: its allow_factories, and
+    those its model specs (student, peers, online teacher) use. Checkpoints may name only these."""
+    specs = [config.model]
+    if config.distill is not None:
+        specs += list(config.distill.peers or []) + [config.distill.teacher_model or {}]
+    named = {spec.get("name") for spec in specs if ":" in str(spec.get("name", ""))}
+    return set(config.allow_factories) | named
+
+
+def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedData, nn.Module | None]:
+    """The configured teachers (checked against the data, each fed its own preprocessing), the data in the
+    student's preprocessing (the first teacher's when it records one), and the one teacher module a method
+    distils from (an ensemble or a label-space merge of several)."""
+    distill = config.distill
+    teachers = (load_teachers(distill.teacher, allow_factories=trusted_factories(config))
+                if distill is not None and distill.teacher else [])
+    preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
+    data = prepare_data(config.data, teacher_normalizer(preprocessing, teachers[0].path) if teachers else None,
+                        config.transfer)
+    for loaded in teachers:
+        # A teacher that names its classes may know others than the data's: teacher_for merges label spaces.
+        check_model_fits(loaded.metadata, data.test, loaded.path, "teacher",
+                          classes="class_names" not in loaded.metadata)
+        feed_own_inputs(loaded.model, data.normalizer, loaded.metadata.get("preprocessing"),
+                        input_shape=data.test.input_shape, source=loaded.path)
+    teacher = teacher_for(config, teachers, data.test.class_names) if teachers else None
+    return teachers, data, teacher
+
+
+def teacher_for(config: RunConfig, teachers: list[LoadedTeacher], classes: list[str]) -> nn.Module:
+    # Probabilities are averaged at the temperature the method softens with, as Hinton et al. average them.
+    temperature = config.distill.temperature or method_default(config.distill.method, "temperature", 1.0)
+    return combine_teachers(teachers, classes=classes, weights=config.distill.teacher_weights,
+                            combine=config.distill.ensemble, temperature=temperature)
+
+
+def teacher_feature_paths(config: RunConfig, teacher: nn.Module | None) -> list[str]:
+    """The teacher module paths a feature method reads, inside the hint teacher of an ensemble."""
+    options = {key: getattr(config.distill, key) for key in FEATURE_PATHS if getattr(config.distill, key) is not None}
+    if not options:
+        raise ConfigError(f"method {config.distill.method!r} needs the teacher's feature layers; set "
+                          "distill.teacher_layer (fitnet) or distill.teacher_layers (attention), e.g. features.1")
+    paths_in_hint_teacher(config, options, teacher)
+    paths = options.get("teacher_layers") or [options["teacher_layer"]]
+    return list(dict.fromkeys(paths))  # a layer paired with two student layers is cached once
+
+
+def paths_in_hint_teacher(config: RunConfig, options: dict[str, Any], teacher: nn.Module | None) -> None:
+    """Point teacher layer paths into the ensemble member that gives the features (the first by default)."""
+    chosen = config.distill.hint_teacher
+    if chosen is not None and not any(method_accepts(config.distill.method, key) for key in FEATURE_PATHS):
+        raise ConfigError(f"hint_teacher chooses the teacher of feature hints; method {config.distill.method!r} "
+                          "uses none (use fitnet or attention, or remove hint_teacher)")
+    if not isinstance(teacher, EnsembleTeacher):
+        if chosen:
+            raise ConfigError(f"hint_teacher is {chosen} but there is one teacher; remove it or list more teachers")
+        return
+    chosen = chosen or 0
+    if chosen >= len(teacher.members):
+        raise ConfigError(f"hint_teacher is {chosen} but there are {len(teacher.members)} teachers (counted from 0)")
+    for key in FEATURE_PATHS:
+        if key in options:
+            paths = options[key]
+            options[key] = ([f"members.{chosen}.{path}" for path in paths] if isinstance(paths, list)
+                            else f"members.{chosen}.{paths}")
