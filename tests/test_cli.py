@@ -11,8 +11,6 @@ import sys
 
 import pytest
 import yaml
-from typer.testing import CliRunner
-
 from cli_helpers import (
     DIGITS_TEST_SAMPLES,
     EVALUATION_KEYS,
@@ -25,7 +23,7 @@ from cli_helpers import (
     run_config,
     write_yaml,
 )
-
+from typer.testing import CliRunner
 
 # ---------------------------------------------------------------- the happy path
 

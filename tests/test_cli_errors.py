@@ -4,9 +4,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-
 from cli_helpers import assert_ok, assert_user_error, invoke, run_config, snapshot, write_npz_dataset, write_yaml
-
 
 # ---------------------------------------------------------------- user mistakes: one line, exit 2, nothing touched
 

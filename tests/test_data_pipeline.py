@@ -60,11 +60,13 @@ def test_normalizer_per_channel_and_tabular():
     assert Normalizer.from_dict(normalizer.to_dict()) == normalizer
     assert normalizer(dataset.inputs[:4].double()).dtype == torch.float64
 
-    tabular = ArrayDataset(torch.rand(30, 6, generator=generator) * 3 + 1, torch.zeros(30, dtype=torch.long), ["a"])
-    flat = Normalizer.fit(tabular)
-    assert len(flat.mean) == 1
-    normalized = flat.apply(tabular).inputs
-    assert abs(float(normalized.mean())) < 1e-5 and abs(float(normalized.std(unbiased=False)) - 1) < 1e-4
+    scales = torch.tensor([1.0, 10.0, 100.0, 0.1, 3.0, 1000.0])
+    tabular = ArrayDataset(torch.rand(30, 6, generator=generator) * scales + 1, torch.zeros(30, dtype=torch.long), ["a"])
+    per_feature = Normalizer.fit(tabular)
+    assert len(per_feature.mean) == 6  # a table's features are on their own scales: one statistic each
+    normalized = per_feature.apply(tabular).inputs
+    torch.testing.assert_close(normalized.mean(dim=0), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(normalized.std(dim=0, unbiased=False), torch.ones(6), atol=1e-4, rtol=0)
 
 
 def test_normalizer_constant_channel_and_channel_mismatch():

@@ -19,7 +19,6 @@ from distillery.data import (
 )
 from distillery.errors import ConfigError, DataError
 
-
 IDX_TYPE_CODES = {np.uint8: 0x08, np.int32: 0x0C, np.float32: 0x0D}
 
 
@@ -201,7 +200,8 @@ def test_digits_split_is_fixed():
 
 
 def test_load_dataset_rejects_unknown_name_and_option():
-    assert set(DATASETS.names()) == {"digits", "fashion-mnist", "mnist", "kmnist", "idx", "npy", "npz"}
+    assert set(DATASETS.names()) == {"digits", "fashion-mnist", "mnist", "kmnist", "idx", "npy", "npz", "imagefolder",
+                                     "csv", "parquet"}
     with pytest.raises(ConfigError, match="'cifar'.*digits"):
         load_dataset("cifar")
     with pytest.raises(ConfigError, match="'limit'"):

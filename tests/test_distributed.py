@@ -13,18 +13,23 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import distributed_worker
 import pytest
 import torch
+from cli_helpers import assert_ok, invoke, run_config, write_yaml
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
-import distributed_worker
-from cli_helpers import assert_ok, invoke, run_config, write_yaml
 from distillery.data import ArrayDataset, BatchIterator
-from distillery.engine.distributed import (SINGLE_PROCESS, DistributedContext, ShardedBatches, TrainableStep,
-                                           setup_distributed)
+from distillery.engine.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    ShardedBatches,
+    TrainableStep,
+    setup_distributed,
+)
 from distillery.errors import ConfigError
 from distillery.methods import Method, create_method
 from distillery.models import build_model

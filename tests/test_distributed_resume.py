@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from cli_helpers import assert_user_error, invoke, write_yaml
-from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
+from safetensors.torch import load_file
 from test_resume import STEPS_PER_EPOCH, assert_same_run, step_config
+
+from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 EPOCHS = 2

@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from distillery.engine import RunDirectory, Trainer, build_optimizer, build_scheduler
-from distillery.models.checkpoint_files import load_checkpoint_files, save_checkpoint
 from distillery.errors import CheckpointError, ConfigError, DataError, RunExistsError
 from distillery.methods import Supervised
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model
+from distillery.models.checkpoint_files import load_checkpoint_files, save_checkpoint
 
 
 def separable_batches(count=8, seed=0):

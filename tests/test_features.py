@@ -8,8 +8,8 @@ from distillery.data import Batch
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import attention_map, attention_transfer, hint_mse
 from distillery.methods import AttentionTransfer, FeatureHints, create_method
-from distillery.models.hooks import capture_features, module_paths, resolve_module
 from distillery.models import build_model
+from distillery.models.hooks import capture_features, module_paths, resolve_module
 
 SHAPE = (1, 8, 8)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cli_helpers import assert_ok, invoke, run_config, write_yaml
+
 from distillery.data import BatchIterator, Normalizer, load_dataset
 from distillery.data.memmap import MemmapInputs
 from distillery.errors import DataError
@@ -92,3 +92,33 @@ def test_training_over_a_300_mb_memmap_keeps_memory_flat(tmp_path):
     print(f"\npeak RSS growth {growth_mib:.1f} MiB while training over a {file_mib:.0f} MiB memory-mapped file")
     # Measured: 43 MiB (291 MiB with the page release switched off).
     assert growth_mib < file_mib / 4, f"peak memory grew by {growth_mib:.0f} MiB over a {file_mib:.0f} MiB file"
+
+
+def test_a_memory_mapped_transfer_set_is_fingerprinted_by_its_values_for_the_teacher_cache(tmp_path):
+    from torch import nn
+
+    from distillery.teachers.cache import fingerprint
+
+    pixels = np.random.default_rng(0).integers(0, 256, (9000, 4, 4), dtype=np.uint8)  # more than one chunk
+    train, _ = load_dataset("npy", write_npy_dataset(tmp_path / "npy", pixels, pixels[:10]))
+    assert isinstance(train.inputs, MemmapInputs)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    in_memory = torch.from_numpy(pixels).float()[:, None] / 255
+    assert fingerprint(train.inputs, teacher, None)["data"] == fingerprint(in_memory, teacher, None)["data"]
+    changed = in_memory.clone()
+    changed[8999, 0, 3, 3] += 0.5  # a pixel of the last chunk
+    assert fingerprint(train.inputs, teacher, None)["data"] != fingerprint(changed, teacher, None)["data"]
+
+
+def test_distillation_over_a_memory_mapped_set_uses_the_teacher_cache(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (120, 8, 8), dtype=np.uint8)
+    directory = write_npy_dataset(tmp_path / "npy", pixels, pixels[:40])
+    data = {"dataset": "npy", "path": str(directory), "val_fraction": 0.2}
+    teacher = write_yaml(tmp_path / "teacher.yaml", run_config(tmp_path / "teacher", data=data))
+    assert_ok(invoke("train", str(teacher)))
+    student = write_yaml(tmp_path / "student.yaml", run_config(
+        tmp_path / "student", data=data, model={"name": "mlp", "hidden": [4]},
+        distill={"teacher": str(tmp_path / "teacher"), "teacher_cache": str(tmp_path / "cache")}))
+    result = invoke("distill", str(student))
+    assert_ok(result)
+    assert (tmp_path / "cache.npy").is_file()

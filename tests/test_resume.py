@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_ok, assert_user_error, invoke, run_config, snapshot, write_yaml
 from safetensors.torch import load_file
 
-from cli_helpers import assert_ok, assert_user_error, invoke, run_config, snapshot, write_yaml
 from distillery.engine.state_codec import decode, encode
 
 REPO = Path(__file__).resolve().parents[1]

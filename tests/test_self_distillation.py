@@ -17,9 +17,9 @@ from distillery.app.run import run
 from distillery.data import Augmentation, Batch
 from distillery.errors import ConfigError, ModelError
 from distillery.methods import METHODS, DeepSupervision, create_method
-from distillery.models.hooks import capture_features
 from distillery.methods.soft_targets import SingleTeacherMethod
 from distillery.models import build_model
+from distillery.models.hooks import capture_features
 
 SHAPE = (1, 8, 8)
 

@@ -22,8 +22,8 @@ from distillery.data import ArrayDataset, Normalizer
 from distillery.engine.trainer import check_finite
 from distillery.errors import CheckpointError, ModelError, NumericalError
 from distillery.methods import HintonDistillation, StepOutput
-from distillery.models.hooks import capture_features, resolve_module
 from distillery.models.checkpoint import load_model
+from distillery.models.hooks import capture_features, resolve_module
 from distillery.teachers.cache import CacheFiles, cache_key, save_cache
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.label_space import LabelSpaceMerge

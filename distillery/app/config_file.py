@@ -26,11 +26,17 @@ def _known_keys(model_class: type[BaseModel], location: tuple) -> list[str]:
     return list(model_class.model_fields)
 
 
+def _is_union_branch(part: Any) -> bool:
+    # pydantic names the member of a Union it tried ("str", "TeacherSpec", "list[...]") inside an error's location.
+    return isinstance(part, str) and (part in ("str", "int", "float") or part[:1].isupper() or "[" in part)
+
+
 def _describe(error: ValidationError, source: str) -> str:
     # An unknown key usually explains the missing one too (a typo), so report it first.
-    errors = sorted(error.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    # Then our own checks, which name the fix; a union's other branches ("input should be a string") last.
+    errors = sorted(error.errors(), key=lambda e: (e["type"] != "extra_forbidden", e["type"] != "value_error"))
     first = errors[0]
-    location = tuple(first["loc"])
+    location = tuple(part for part in first["loc"] if not _is_union_branch(part))
     key = ".".join(str(part) for part in location)
     if first["type"] == "extra_forbidden":
         close = difflib.get_close_matches(str(location[-1]), _known_keys(RunConfig, location), n=1)

@@ -1,7 +1,7 @@
 """The run config's sections for data, training and the transfer set, and the strict base they share."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +39,26 @@ class DataConfig(Strict):
     augment: AugmentConfig = AugmentConfig()
     classes: Optional[ClassNames] = Field(
         None, min_length=1, description="train on these classes only (by name); the model predicts just them")
+    # What a source reads; each is passed only when set, and a source that has no use for it refuses it by name.
+    class_names: Optional[ClassNames] = Field(
+        None, min_length=2, description="the classes' names in label order (any source; default: from the data)")
+    image_size: Optional[Union[int, list[int]]] = Field(
+        None, description="imagefolder: scale and centre-crop to this size (an int: square; [h, w])")
+    channels: Optional[Literal[1, 3]] = Field(None, description="imagefolder: 1 grey or 3 RGB (default: from the images)")
+    label_column: Optional[str] = Field(None, description="csv, parquet: the column of labels (default: label)")
+    feature_columns: Optional[list[str]] = Field(
+        None, min_length=1, description="csv, parquet: the feature columns (default: every other column)")
+    test_path: Optional[str] = Field(None, description="csv, parquet: a second file of test rows")
+    test_fraction: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, description="imagefolder, csv, parquet without a test split: the seeded test share")
+    layout: Optional[Literal["channels_first", "channels_last"]] = Field(
+        None, description="npz: how image arrays are laid out; [N, H, W, C] is channels_last")
+
+    def source_options(self) -> dict[str, Any]:
+        """The reader options that are set, by the names the readers take."""
+        names = ("class_names", "image_size", "channels", "label_column", "feature_columns", "test_path",
+                 "test_fraction", "layout")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class TrainConfig(Strict):
@@ -87,3 +107,44 @@ def require_model_name(spec: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(spec.get("name"), str):
         raise ValueError("needs a 'name' (mlp, cnn, resnet or package.module:function)")
     return spec
+
+
+class TeacherSpec(Strict):
+    """A teacher trained outside distillery: the user's PyTorch model (``factory`` and ``weights``), an ONNX
+    model (``onnx``), or its outputs computed elsewhere (``outputs``). Exactly one of the three."""
+
+    factory: Optional[str] = Field(None, description="package.module:function that builds the model "
+                                                     "(the current folder is importable)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the factory's keyword arguments")
+    weights: Optional[str] = Field(None, description="its weights: .safetensors, or a torch.save-d state dict")
+    onnx: Optional[str] = Field(None, description="an .onnx model, run in ONNX Runtime")
+    outputs: Optional[str] = Field(None, description="its logits or probabilities per transfer sample: .npy or "
+                                                     ".parquet")
+    outputs_kind: Literal["auto", "logits", "probabilities"] = "auto"
+    id_column: Optional[str] = Field(None, description="outputs: the column of sample ids (image file paths "
+                                                       "relative to data.path, or row numbers); else by row")
+    preprocessing: Optional[dict[str, list[float]]] = Field(
+        None, description="the mean and std its inputs need, e.g. {mean: [0.5], std: [0.25]}; none: raw inputs")
+    class_names: Optional[ClassNames] = Field(None, description="its classes, when not the data's")
+    check: bool = Field(True, description="print its accuracy on the test split, so a wrong preprocessing shows")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "TeacherSpec":
+        kinds = [name for name in ("factory", "onnx", "outputs") if getattr(self, name) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a teacher spec names exactly one of factory (with weights), onnx or outputs; "
+                             f"this one names {', '.join(kinds) or 'none'}")
+        if (self.factory is None) != (self.weights is None):
+            raise ValueError("factory and weights go together: the model the factory builds and the file of its "
+                             "weights")
+        if self.factory is not None and ":" not in self.factory:
+            raise ValueError(f"factory {self.factory!r} is not package.module:function")
+        if self.preprocessing is not None and set(self.preprocessing) != {"mean", "std"}:
+            raise ValueError("preprocessing gives mean and std, e.g. {mean: [0.5], std: [0.25]}")
+        return self
+
+    @property
+    def name(self) -> str:
+        """How messages name this teacher: its factory, ONNX file or outputs file."""
+        return self.factory or self.onnx or self.outputs
+

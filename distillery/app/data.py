@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from distillery.app.config import DataConfig, TransferConfig
 from distillery.data import (
@@ -18,7 +19,7 @@ from distillery.data import (
     select_classes,
     train_val_split,
 )
-from distillery.errors import DataError, ModelError
+from distillery.errors import CheckpointError, DataError, ModelError
 from distillery.teachers.inputs import teacher_normalizer
 
 # Every run of a comparison must validate and test on the same samples, whatever its own seed.
@@ -32,6 +33,10 @@ class PreparedData:
     test: ArrayDataset           # normalised
     normalizer: Normalizer | None
     augmentation: Augmentation
+    # Each training sample's row in the source's training split (what outputs computed elsewhere are aligned
+    # to), or None when the transfer set comes from another source.
+    train_rows: torch.Tensor | None = None
+    source_size: int = 0  # the samples of the source's training split
 
 
 def seeded_subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
@@ -59,17 +64,19 @@ def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | 
     With ``transfer``, the training set becomes that transfer set; validation and test stay the
     evaluation dataset's, over all its classes.
     """
-    train_full, test = load_dataset(data.dataset, data.path)
-    train_full = seeded_subset(train_full, data.train_limit)
+    loaded, test = load_dataset(data.dataset, data.path, **data.source_options())
     test = seeded_subset(test, data.test_limit)
-    train, val = train_val_split(train_full, data.val_fraction, seed=SPLIT_SEED)
-    # Normalised with every class's statistics: models of different class subsets then share their inputs.
-    all_classes = train
+    train, val, all_classes = _training_split(loaded, data, transfer)
+    # The same selections on the samples' row numbers: which row of the source each training sample is.
+    # (float32 counts exactly to 2^24 rows, which the numbers are kept below).
+    train_rows = None
+    if (transfer is None or transfer.dataset is None) and len(loaded) < 2 ** 24:
+        rows = ArrayDataset(torch.arange(len(loaded), dtype=torch.float32)[:, None], loaded.labels,
+                            list(loaded.class_names), "rows")
+        train_rows = _training_split(rows, data, transfer)[0].inputs[:, 0].long()
     if data.classes is not None:
-        train, test = select_classes(train, data.classes), select_classes(test, data.classes)
-        val = select_classes(val, data.classes) if val is not None else None
+        test = select_classes(test, data.classes)
     if transfer is not None:
-        train = transfer_set(train, transfer)
         if train.input_shape != test.input_shape:
             raise DataError(f"the transfer set ({train.source}) has inputs of shape {train.input_shape} but the "
                             f"evaluation data has {test.input_shape}; both must feed the same student")
@@ -84,7 +91,21 @@ def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | 
         val = normalizer.apply(val) if val is not None else None
         test = normalizer.apply(test)
     augmentation = Augmentation(data.augment.shift, data.augment.crop_padding, data.augment.flip)
-    return PreparedData(train, val, test, normalizer, augmentation)
+    return PreparedData(train, val, test, normalizer, augmentation, train_rows, len(loaded))
+
+
+def _training_split(loaded: ArrayDataset, data: DataConfig, transfer: TransferConfig | None
+                    ) -> tuple[ArrayDataset, ArrayDataset | None, ArrayDataset]:
+    """The training samples (the transfer set, with ``transfer``), the validation ones, and the training
+    split over all classes (what a normaliser is fitted on: models of class subsets then share their inputs)."""
+    train, val = train_val_split(seeded_subset(loaded, data.train_limit), data.val_fraction, seed=SPLIT_SEED)
+    all_classes = train
+    if data.classes is not None:
+        train = select_classes(train, data.classes)
+        val = select_classes(val, data.classes) if val is not None else None
+    if transfer is not None:
+        train = transfer_set(train, transfer)
+    return train, val, all_classes
 
 
 def check_model_fits(metadata: dict[str, Any], dataset: ArrayDataset, path: str | Path, role: str,
@@ -119,10 +140,16 @@ def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str 
         test = checkpoint_data("runs/distilled", metadata).test
     """
     recorded = metadata.get("dataset") or {}
-    data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
-                             path=data_path if dataset or data_path else recorded.get("path"),
-                             test_limit=test_limit, val_fraction=0.0, normalize=False,
-                             classes=recorded.get("classes") if dataset is None else None)
+    # The reader's options (image size, label column) recorded with the checkpoint: data, checked like a config.
+    options = recorded.get("options") if dataset is None and isinstance(recorded.get("options"), dict) else {}
+    try:
+        data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
+                                 path=data_path if dataset or data_path else recorded.get("path"),
+                                 test_limit=test_limit, val_fraction=0.0, normalize=False,
+                                 classes=recorded.get("classes") if dataset is None else None, **options)
+    except ValidationError as error:
+        raise CheckpointError(f"{path}: the dataset its model.json records is not valid "
+                              f"({error.errors()[0]['msg']}); evaluate it with --dataset and --data-path") from None
     data = prepare_data(data_config, teacher_normalizer(metadata.get("preprocessing"), str(path)))
     check_model_fits(metadata, data.test, path, "model")
     return data

@@ -5,7 +5,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from distillery.app.config_sections import Strict, require_model_name
+from distillery.app.config_sections import Strict, TeacherSpec, require_model_name
 
 # The methods born-again generations can distil with: each learns from one teacher's logits.
 LOGIT_METHODS = ("hinton", "logit_mse", "dkd", "dist")
@@ -14,8 +14,9 @@ LOGIT_METHODS = ("hinton", "logit_mse", "dkd", "dist")
 class DistillConfig(Strict):
     """Which teacher and method; a method option left out (null) takes that method's own default."""
 
-    teacher: Union[str, list[str], None] = Field(
-        None, description="the teacher's run directory or checkpoint, or a list: an ensemble; "
+    teacher: Union[str, TeacherSpec, list[Union[str, TeacherSpec]], None] = Field(
+        None, description="the teacher's run directory or checkpoint, a spec of a teacher trained elsewhere "
+                          "(factory and weights, onnx, or outputs), or a list: an ensemble; "
                           "methods that train their own teachers take none")
     teacher_weights: Optional[list[float]] = Field(None, description="ensemble: one weight per teacher (equal)")
     ensemble: Literal["probabilities", "logits"] = Field(

@@ -30,11 +30,20 @@ class Result:
 
 
 def as_batches(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
-    """An ArrayDataset becomes a seeded BatchIterator; any re-iterable of batches (a DataLoader) is used as is."""
+    """An ArrayDataset becomes a seeded BatchIterator; a torch Dataset of samples a DataLoader over it (shuffled
+    by a generator seeded with ``seed``); any re-iterable of batches (a DataLoader, a list) is used as is."""
     if isinstance(data, ArrayDataset):
         return BatchIterator(data, batch_size=batch_size, shuffle=shuffle, seed=seed)
+    if isinstance(data, torch.utils.data.IterableDataset):
+        return torch.utils.data.DataLoader(data, batch_size=batch_size)
+    if isinstance(data, torch.utils.data.Dataset):
+        if not hasattr(data, "__len__"):
+            raise DataError(f"the dataset {type(data).__name__} has no __len__; give it one, or wrap it in a DataLoader")
+        return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=shuffle,
+                                           generator=torch.Generator().manual_seed(seed) if shuffle else None)
     if not hasattr(data, "__iter__") or isinstance(data, torch.Tensor):
-        raise DataError(f"data must be an ArrayDataset or an iterable of (inputs, labels) batches, got {type(data).__name__}")
+        raise DataError(f"data must be an ArrayDataset, a torch Dataset or an iterable of (inputs, labels) batches, "
+                        f"got {type(data).__name__}")
     if iter(data) is data:
         raise DataError("data is a one-shot iterator (a generator?); pass something iterable once per epoch, "
                         "such as a DataLoader or a list of batches")

@@ -7,12 +7,15 @@ from typing import Any
 from torch import nn
 
 from distillery.app.config import RunConfig
+from distillery.app.config_sections import TeacherSpec
 from distillery.app.data import PreparedData, check_model_fits, prepare_data
+from distillery.app.teacher_specs import load_from_spec, report_teacher_accuracy
 from distillery.errors import ConfigError
 from distillery.methods import method_accepts, method_default
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
 from distillery.teachers.inputs import feed_own_inputs, teacher_normalizer
+from distillery.teachers.outputs_table import OutputsTable
 
 FEATURE_PATHS = ("teacher_layer", "teacher_layers")
 
@@ -23,26 +26,45 @@ def trusted_factories(config: RunConfig) -> set[str]:
     specs = [config.model]
     if config.distill is not None:
         specs += list(config.distill.peers or []) + [config.distill.teacher_model or {}]
+        specs += [{"name": entry.factory} for entry in teacher_entries(config.distill.teacher)
+                  if isinstance(entry, TeacherSpec) and entry.factory is not None]
     named = {spec.get("name") for spec in specs if ":" in str(spec.get("name", ""))}
     return set(config.allow_factories) | named
+
+
+def teacher_entries(teacher: Any) -> list[str | TeacherSpec]:
+    """The configured teachers as a list: run directories (or checkpoints) and specs of teachers from elsewhere."""
+    if teacher is None:
+        return []
+    return list(teacher) if isinstance(teacher, list) else [teacher]
 
 
 def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedData, nn.Module | None]:
     """The configured teachers (checked against the data, each fed its own preprocessing), the data in the
     student's preprocessing (the first teacher's when it records one), and the one teacher module a method
     distils from (an ensemble or a label-space merge of several)."""
-    distill = config.distill
-    teachers = (load_teachers(distill.teacher, allow_factories=trusted_factories(config))
-                if distill is not None and distill.teacher else [])
-    preprocessing = teachers[0].metadata.get("preprocessing") if teachers else None
-    data = prepare_data(config.data, teacher_normalizer(preprocessing, teachers[0].path) if teachers else None,
-                        config.transfer)
+    entries = teacher_entries(config.distill.teacher if config.distill is not None else None)
+    # Run directories first: the first teacher's recorded preprocessing becomes the student's.
+    runs = {index: load_teachers(entry, allow_factories=trusted_factories(config))[0]
+            for index, entry in enumerate(entries) if isinstance(entry, str)}
+    first = entries[0] if entries else None
+    if isinstance(first, TeacherSpec):
+        own = teacher_normalizer(first.preprocessing, first.name) if first.outputs is None else None
+    else:
+        own = teacher_normalizer(runs[0].metadata.get("preprocessing"), runs[0].path) if runs else None
+    data = prepare_data(config.data, own, config.transfer)
+    teachers = [runs[index] if index in runs else load_from_spec(entry, data) for index, entry in enumerate(entries)]
     for loaded in teachers:
+        if isinstance(loaded.model, OutputsTable):
+            continue  # no inputs to feed: its outputs were computed on the transfer set already
         # A teacher that names its classes may know others than the data's: teacher_for merges label spaces.
         check_model_fits(loaded.metadata, data.test, loaded.path, "teacher",
                           classes="class_names" not in loaded.metadata)
         feed_own_inputs(loaded.model, data.normalizer, loaded.metadata.get("preprocessing"),
                         input_shape=data.test.input_shape, source=loaded.path)
+    for entry, loaded in zip(entries, teachers):
+        if isinstance(entry, TeacherSpec) and entry.check and entry.outputs is None and config.progress:
+            report_teacher_accuracy(loaded, data)
     teacher = teacher_for(config, teachers, data.test.class_names) if teachers else None
     return teachers, data, teacher
 

@@ -18,7 +18,6 @@ from distillery.app.config import RunConfig
 from distillery.app.data import PreparedData, label_options
 from distillery.app.teachers import teacher_feature_paths, teachers_and_data
 from distillery.data import ArrayDataset, Augmentation, BatchIterator
-from distillery.data.memmap import MemmapInputs
 from distillery.data.views import ViewBatches, augmented_views, view_description
 from distillery.engine import resolve_device
 from distillery.errors import ConfigError
@@ -27,6 +26,7 @@ from distillery.teachers.cache import cached_teacher_logits
 from distillery.teachers.feature_cache import cached_teacher_outputs
 from distillery.teachers.from_config import LoadedTeacher
 from distillery.teachers.inputs import pipeline_description
+from distillery.teachers.outputs_table import OutputsTable
 from distillery.teachers.precomputed import precompute_logits
 
 
@@ -105,9 +105,8 @@ def transfer_plan(config: RunConfig, data: PreparedData, teachers: list[LoadedTe
     distill = config.distill
     uses_features = distill is not None and method_uses_teacher_features(distill.method)
     uses_table = distill is not None and (method_uses_teacher_logits(distill.method) or uses_features)
-    if uses_table and teacher is not None and distill.teacher_cache != "off" and isinstance(data.train.inputs, MemmapInputs):
-        raise ConfigError(f"the teacher-output cache fingerprints the whole transfer set in memory, but "
-                          f"{data.train.source} is memory-mapped; set distill.teacher_cache: off")
+    if isinstance(teacher, OutputsTable):
+        return given_outputs_plan(config, data, teacher, uses_table and not uses_features)
     if distill is not None and distill.teacher_views and not uses_table:
         raise ConfigError(f"teacher_views caches the teacher's outputs, which method {distill.method!r} does not "
                           "read from a cache; remove teacher_views")
@@ -121,6 +120,20 @@ def transfer_plan(config: RunConfig, data: PreparedData, teachers: list[LoadedTe
                          rebuild=rebuild,
                          teacher_layers=teacher_feature_paths(config, teacher) if uses_features else (),
                          feature_budget_mb=distill.feature_cache_mb if distill else 0.0)
+
+
+def given_outputs_plan(config: RunConfig, data: PreparedData, teacher: OutputsTable, logit_method: bool
+                       ) -> TransferPlan:
+    """The transfer set in its fixed order of samples, with the teacher's outputs read from a file."""
+    if data.augmentation.enabled:
+        raise ConfigError(f"the teacher {teacher.source} is given as outputs on the plain transfer set, so it has "
+                          "none for augmented views; turn data.augment off")
+    if not logit_method:
+        raise ConfigError(f"the teacher {teacher.source} is given as outputs, which method "
+                          f"{config.distill.method!r} cannot use; use hinton, logit_mse, dkd or dist")
+    batches = BatchIterator(data.train, config.train.batch_size, shuffle=True, seed=config.seed,
+                            transform=data.normalizer, **label_options(config.transfer, len(data.train)))
+    return TransferPlan(batches, teacher.logits, f"teacher outputs read from {teacher.source}")
 
 
 def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:

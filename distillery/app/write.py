@@ -14,6 +14,7 @@ from distillery.app.resume import discard_state
 from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine import RunDirectory, peer_record
 from distillery.models import count_parameters
+from distillery.teachers.outputs_table import OutputsTable
 
 
 def run_metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dict[str, Any]:
@@ -25,7 +26,8 @@ def run_metadata(config: RunConfig, data: PreparedData, model: nn.Module) -> dic
         "num_classes": data.test.num_classes,
         "class_names": list(data.test.class_names),
         "preprocessing": data.normalizer.to_dict() if data.normalizer else None,
-        "dataset": {"name": config.data.dataset, "path": config.data.path, "classes": config.data.classes},
+        "dataset": {"name": config.data.dataset, "path": config.data.path, "classes": config.data.classes,
+                    "options": config.data.source_options()},
         "parameters": count_parameters(model),
         "config": config.model_dump(mode="json"),
     }
@@ -55,6 +57,8 @@ class RunWriter:
 
     def finish(self, result: Result, test: ArrayDataset, teacher: nn.Module | None, *, latency: bool) -> None:
         """The best student's test evaluation and checkpoint (and each peer's); the training state goes."""
+        # A teacher known only by its outputs on the transfer set has none on the test split to agree with.
+        teacher = None if isinstance(teacher, OutputsTable) else teacher
         evaluation = evaluate(result.model, BatchIterator(test, 512), teacher=teacher, latency=latency)
         if result.peers:
             evaluation["peers"] = save_peers(self.run_dir, result, self.metadata, self.peer_architectures, test,

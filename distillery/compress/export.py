@@ -11,9 +11,10 @@ from torch import nn
 
 from distillery.atomic import atomic_write
 from distillery.compress.quiet import first_line_of_cause, quiet
-from distillery.compress.runtime import graph_parameters, inference_session, predict_logits
+from distillery.compress.runtime import graph_parameters, predict_logits
 from distillery.compress.source import CheckpointSource, load_source
 from distillery.errors import ConfigError, ModelError
+from distillery.models.onnx_session import inference_session
 
 DEFAULT_TOLERANCE = 1e-4
 VERIFY_SAMPLES = 256

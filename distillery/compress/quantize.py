@@ -13,12 +13,13 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from torch import nn
 
 from distillery.atomic import atomic_write
+from distillery.compress.calibration import DEFAULT_CALIBRATION_SAMPLES, CalibrationData, calibration_inputs
 from distillery.compress.export import DEFAULT_TOLERANCE, write_verified
 from distillery.compress.quiet import quiet
-from distillery.compress.runtime import inference_session, session_accuracy
-from distillery.compress.calibration import DEFAULT_CALIBRATION_SAMPLES, CalibrationData, calibration_inputs
+from distillery.compress.runtime import session_accuracy
 from distillery.compress.source import CheckpointSource, load_source
 from distillery.errors import ConfigError
+from distillery.models.onnx_session import inference_session
 
 MODES = ("auto", "dynamic", "static")
 # An int8 model that loses more test accuracy than this against its fp32 export is flagged.

@@ -12,11 +12,12 @@ from distillery.atomic import atomic_write_text
 from distillery.compress.calibration import DEFAULT_CALIBRATION_SAMPLES, calibration_inputs
 from distillery.compress.export import DEFAULT_TOLERANCE, write_verified
 from distillery.compress.quantize import choose_mode, quantize_onnx
-from distillery.compress.runtime import inference_session, session_accuracy, session_latency
+from distillery.compress.runtime import session_accuracy, session_latency
 from distillery.compress.source import CheckpointSource, load_source
 from distillery.errors import DataError
 from distillery.eval.compression_plot import plot_compression
 from distillery.eval.latency import unstable_reason
+from distillery.models.onnx_session import inference_session
 from distillery.output_dir import claim_output_dir
 
 QUANTIZED_ROLES = ("teacher", "distilled")

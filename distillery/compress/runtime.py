@@ -10,30 +10,7 @@ import onnxruntime
 import torch
 
 from distillery.data import ArrayDataset
-from distillery.errors import ConfigError
 from distillery.eval.latency import measurement_environment, time_inference
-
-# Only errors: a session otherwise warns on stderr about graph details a user cannot act on.
-_ERRORS_ONLY = 3
-
-
-def inference_session(path: str | Path, threads: int | None = None) -> onnxruntime.InferenceSession:
-    """A CPU session for the ONNX model at ``path`` with ``threads`` intra-op threads (default: torch's).
-
-    Torch's thread count by default, so a latency here compares with one measured in PyTorch.
-
-    Example::
-
-        session = inference_session("runs/distilled/model.onnx")
-        logits = predict_logits(session, inputs)
-    """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be an integer >= 1, got {threads!r}")
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = _ERRORS_ONLY
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def predict_logits(session: onnxruntime.InferenceSession, inputs: torch.Tensor, batch_size: int = 512) -> np.ndarray:

@@ -3,7 +3,9 @@ from distillery.data.augment import Augmentation, horizontal_flip, random_crop, 
 from distillery.data.batch import UNLABELED, Batch, as_batch, counted_positions, model_logits
 from distillery.data.batches import BatchIterator
 from distillery.data.dataset import ArrayDataset
+from distillery.data.image_folder import load_image_folder
 from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
+from distillery.data.tables import load_table
 from distillery.data.transfer import filter_classes, labeled_mask, select_classes
 from distillery.data.transforms import Normalizer, train_val_split
 
@@ -22,7 +24,9 @@ __all__ = [
     "labeled_mask",
     "load_dataset",
     "load_idx_pair",
+    "load_image_folder",
     "load_npz",
+    "load_table",
     "model_logits",
     "random_crop",
     "random_shift",

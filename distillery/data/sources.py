@@ -167,17 +167,30 @@ def _to_dataset(inputs: np.ndarray, labels: np.ndarray, class_names: list[str], 
 def load_dataset(name: str, path: str | Path | None = None, **options) -> tuple[ArrayDataset, ArrayDataset]:
     """The (train, test) pair of a registered dataset. Example: `train, test = load_dataset("digits")`.
 
-    Unknown options raise `ConfigError` naming the option and the ones the dataset takes.
+    ``class_names`` names the classes of any dataset (in label order); a reader that does not take it has its
+    classes renamed after reading, and the count must match. Unknown options raise `ConfigError` naming the
+    option and the ones the dataset takes.
     """
     loader = DATASETS.get(name)
     accepted = [param for param in inspect.signature(loader).parameters if param != "path"]
+    renamed = options.pop("class_names", None) if "class_names" not in accepted else None
     for option in options:
         if option not in accepted:
             raise ConfigError(
                 f"dataset {name!r} has no option {option!r}; "
-                f"it takes {', '.join(accepted) if accepted else 'no options'}"
+                f"it takes {', '.join(['class_names', *accepted]) if accepted else 'only class_names'}"
             )
-    return loader(path, **options)
+    train, test = loader(path, **options)
+    if renamed is not None:
+        train, test = (_renamed(split, _class_names(renamed), name) for split in (train, test))
+    return train, test
+
+
+def _renamed(dataset: ArrayDataset, names: list[str], name: str) -> ArrayDataset:
+    if len(names) != len(dataset.class_names):
+        raise DataError(f"class_names gives {len(names)} names but dataset {name!r} has {len(dataset.class_names)} "
+                        f"classes ({', '.join(dataset.class_names[:5])}{', ...' if len(dataset.class_names) > 5 else ''})")
+    return ArrayDataset(dataset.inputs, dataset.labels, names, dataset.source)
 
 
 @DATASETS.register("digits")
@@ -261,9 +274,35 @@ def _find_idx_file(directory: Path, stem: str) -> Path:
     raise DataError(f"{directory} has no {stem} or {stem}.gz; put the four MNIST-layout IDX files there")
 
 
+LAYOUTS = ("channels_first", "channels_last")
+CHANNEL_COUNTS = (1, 3, 4)  # grey, RGB, RGBA: what the last axis of a channels-last image holds
+
+
+def channels_first(inputs: np.ndarray, layout: str | None, source: str) -> np.ndarray:
+    """Image arrays as ``[N, C, H, W]``: ``layout="channels_last"`` moves ``[N, H, W, C]``'s channels forward.
+
+    Without a layout, an array that looks channels-last (a last axis of 1, 3 or 4 after a second axis that is
+    not) is refused, naming the setting, rather than read as an image of H channels. Raises DataError.
+    """
+    if layout not in (None, *LAYOUTS):
+        raise ConfigError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    if inputs.ndim != 4:
+        if layout == "channels_last":
+            raise DataError(f"inputs in {source} have shape {inputs.shape}; only images [N, H, W, C] are channels "
+                            "last: remove data.layout")
+        return inputs
+    if layout == "channels_last":
+        return np.moveaxis(inputs, -1, 1)
+    if layout is None and inputs.shape[-1] in CHANNEL_COUNTS and inputs.shape[1] not in CHANNEL_COUNTS:
+        raise DataError(f"inputs in {source} have shape {tuple(inputs.shape)}, which looks like [N, H, W, C] "
+                        f"(channels last); set data.layout: channels_last, or data.layout: channels_first if "
+                        f"{inputs.shape[1]} is the channel count")
+    return inputs
+
+
 @DATASETS.register("npz")
 def _load_npz_dataset(
-    path: str | Path | None = None, class_names: Sequence[str] | None = None
+    path: str | Path | None = None, class_names: Sequence[str] | None = None, layout: str | None = None
 ) -> tuple[ArrayDataset, ArrayDataset]:
     if path is None:
         raise ConfigError(
@@ -282,8 +321,8 @@ def _load_npz_dataset(
         train_x, train_y, test_x, test_y = (arrays[key] for key in ("x_train", "y_train", "x_test", "y_test"))
     names = _class_names(class_names, train_y, test_y)
     return (
-        _to_dataset(train_x, train_y, names, sources[0]),
-        _to_dataset(test_x, test_y, names, sources[1]),
+        _to_dataset(channels_first(train_x, layout, sources[0]), train_y, names, sources[0]),
+        _to_dataset(channels_first(test_x, layout, sources[1]), test_y, names, sources[1]),
     )
 
 
@@ -292,7 +331,7 @@ NPY_FILES = ("x_train.npy", "y_train.npy", "x_test.npy", "y_test.npy")
 
 @DATASETS.register("npy")
 def _load_npy_dataset(
-    path: str | Path | None = None, class_names: Sequence[str] | None = None
+    path: str | Path | None = None, class_names: Sequence[str] | None = None, layout: str | None = None
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """A directory of x_train.npy, y_train.npy, x_test.npy, y_test.npy; the inputs are memory-mapped and read
     per batch, so the training set may be larger than memory (see distillery/data/memmap.py)."""
@@ -303,6 +342,10 @@ def _load_npy_dataset(
         raise DataError(f"data.path {directory} for dataset 'npy' is not a directory; it must hold {', '.join(NPY_FILES)}")
     train_x, train_y = load_memmap_split(directory / "x_train.npy", directory / "y_train.npy")
     test_x, test_y = load_memmap_split(directory / "x_test.npy", directory / "y_test.npy")
+    if layout == "channels_last":
+        raise DataError(f"{directory} is read from disk batch by batch, so its images must be [N, C, H, W]; save "
+                        "them so (numpy.moveaxis(x, -1, 1)) and remove data.layout")
+    channels_first(np.empty((1, *train_x.sample_shape), np.uint8), layout, str(directory / "x_train.npy"))
     names = _class_names(class_names, train_y, test_y)
     return (_memmap_dataset(train_x, train_y, names, str(directory / "x_train.npy")),
             _memmap_dataset(test_x, test_y, names, str(directory / "x_test.npy")))

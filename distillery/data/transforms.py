@@ -4,11 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 
 from distillery.data.dataset import ArrayDataset
 from distillery.data.memmap import MemmapInputs
 from distillery.errors import ConfigError, DataError
+
+
+def _sample_dims(rank: int) -> list[int]:
+    """The dimensions a statistic is taken over: all but the channel (images) or feature (tables) one."""
+    return [0] + list(range(2, rank)) if rank >= 2 else [0]
 
 
 def train_val_split(
@@ -38,7 +44,8 @@ def train_val_split(
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Subtract a mean and divide by a std: per channel for images, one value for tabular inputs.
+    """Subtract a mean and divide by a std: per channel for images ``[N, C, H, W]``, per feature for tables
+    ``[N, F]`` (features on different scales each get their own).
 
     Example::
 
@@ -63,16 +70,12 @@ class Normalizer:
 
     @classmethod
     def fit(cls, dataset: ArrayDataset) -> "Normalizer":
-        """Statistics of `dataset.inputs`: over N, H, W per channel for 4-D inputs, global for 2-D."""
+        """Statistics of `dataset.inputs`: over N, H, W per channel for images, over N per feature for tables."""
         inputs = dataset.inputs
         if isinstance(inputs, MemmapInputs):
             return cls._fit_chunks(inputs)
-        if inputs.dim() >= 3:
-            dims = [0] + list(range(2, inputs.dim()))
-            variance, mean = torch.var_mean(inputs, dim=dims, correction=0)
-        else:
-            variance, mean = torch.var_mean(inputs, correction=0)
-            variance, mean = variance.reshape(1), mean.reshape(1)
+        variance, mean = torch.var_mean(inputs, dim=_sample_dims(inputs.dim()), correction=0)
+        variance, mean = variance.reshape(-1), mean.reshape(-1)
         std = variance.sqrt()
         # A constant channel (e.g. a blank border) would divide by zero; leave its scale alone.
         std = torch.where(std > 1e-12, std, torch.ones_like(std))
@@ -81,10 +84,10 @@ class Normalizer:
     @classmethod
     def _fit_chunks(cls, inputs: MemmapInputs) -> "Normalizer":
         # Sums in float64, a chunk at a time: the data never needs to be in memory at once.
-        dims = [0] + list(range(2, inputs.dim())) if inputs.dim() >= 3 else list(range(inputs.dim()))
+        dims = _sample_dims(inputs.dim())
         count, total, squares = 0, 0.0, 0.0
         for chunk in inputs.chunks():
-            count += chunk.numel() // (chunk.shape[1] if inputs.dim() >= 3 else 1)
+            count += chunk.numel() // (chunk.shape[1] if inputs.dim() >= 2 else 1)
             total = total + chunk.sum(dim=dims, dtype=torch.float64)
             squares = squares + chunk.square().sum(dim=dims, dtype=torch.float64)
         mean = (total / count).reshape(-1)
@@ -109,7 +112,7 @@ class Normalizer:
         if len(self.mean) > 1:
             if inputs.dim() < 2 or inputs.shape[1] != len(self.mean):
                 raise DataError(
-                    f"the normalizer was fit on {len(self.mean)} channels but the inputs have shape "
+                    f"the normalizer was fit on {len(self.mean)} channels or features but the inputs have shape "
                     f"{tuple(inputs.shape)}; fit it on data shaped like these inputs"
                 )
             view = [1, len(self.mean)] + [1] * (inputs.dim() - 2)
@@ -147,3 +150,27 @@ class Normalizer:
         if missing:
             raise ConfigError(f"normalizer settings lack {missing[0]!r}; expected keys 'mean' and 'std'")
         return cls(tuple(data["mean"]), tuple(data["std"]))
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test), each ascending: a seeded ``test_fraction`` of every class goes to test.
+
+    The test size is ``round(test_fraction * N)`` (at least 1, leaving at least 1 for training), shared
+    among classes in proportion to their sizes (largest remainders first). Raises ConfigError for a
+    fraction outside (0, 1) or fewer than 2 samples. Example: ``train_rows, test_rows = stratified_split(y, 0.2, 0)``.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError(f"test_fraction {test_fraction} is out of range; use a value in (0, 1), e.g. 0.2")
+    if len(labels) < 2:
+        raise ConfigError(f"{len(labels)} sample(s) cannot be split into train and test; add samples or a test set")
+    classes, counts = np.unique(labels, return_counts=True)
+    total = min(max(1, round(test_fraction * len(labels))), len(labels) - 1)
+    shares = counts * (total / len(labels))
+    quotas = np.floor(shares).astype(np.int64)
+    # A stable sort gives tied remainders to the lower class index: the same split on every platform.
+    for position in np.argsort(-(shares - quotas), kind="stable")[: total - int(quotas.sum())]:
+        quotas[position] += 1
+    generator = np.random.default_rng(seed)
+    test = np.sort(np.concatenate([generator.permutation(np.flatnonzero(labels == label))[:quota]
+                                   for label, quota in zip(classes, quotas)]))
+    return np.setdiff1d(np.arange(len(labels)), test), test

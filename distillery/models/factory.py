@@ -4,6 +4,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import os
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -75,6 +77,9 @@ def _import_function(name: str) -> Callable[..., Any]:
     module_name, _, attribute = name.partition(":")
     if not module_name or not attribute:
         raise ModelError(f"model name {name!r} must look like 'package.module:function'")
+    # As with `python -m`: a factory in the folder the command runs from is importable.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from distillery.atomic import atomic_write, atomic_write_text
+from distillery.cache_dir import default_cache_dir
 from distillery.errors import CheckpointError
 
 
@@ -34,14 +34,6 @@ TOP_K_ABOVE_CLASSES = 100
 TOP_K = 20
 
 
-def default_cache_dir() -> Path:
-    """``$DISTILLERY_CACHE``, else ``$XDG_CACHE_HOME/distillery``, else ``~/.cache/distillery``."""
-    if os.environ.get("DISTILLERY_CACHE"):
-        return Path(os.environ["DISTILLERY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "distillery"
-
-
 def _digest(*chunks: bytes) -> str:
     hasher = hashlib.blake2b(digest_size=16)
     for chunk in chunks:
@@ -52,6 +44,15 @@ def _digest(*chunks: bytes) -> str:
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
     # Raw bytes, read as uint8: works for every dtype (numpy has no bfloat16) and tells dtypes apart by size.
     return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _input_chunks(inputs, rows: int = 4096):
+    """The inputs' bytes, a slice of ``rows`` samples at a time: memory-mapped inputs are never held whole."""
+    if isinstance(inputs, torch.Tensor):
+        yield _tensor_bytes(inputs)
+        return
+    for start in range(0, len(inputs), rows):
+        yield _tensor_bytes(inputs[start:start + rows])
 
 
 def fingerprint(inputs: torch.Tensor, teacher: nn.Module, preprocessing: dict[str, Any] | None,
@@ -67,7 +68,7 @@ def fingerprint(inputs: torch.Tensor, teacher: nn.Module, preprocessing: dict[st
     state = teacher.state_dict()
     weights = _digest(*(name.encode() + _tensor_bytes(state[name]) for name in sorted(state)))
     return {
-        "data": _digest(str(tuple(inputs.shape)).encode(), _tensor_bytes(inputs)),
+        "data": _digest(str(tuple(inputs.shape)).encode(), *_input_chunks(inputs)),
         "teacher": _digest(weights.encode(), repr(teacher).encode()),
         "preprocessing": _digest(json.dumps([preprocessing, view], sort_keys=True).encode()),
     }

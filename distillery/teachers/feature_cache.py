@@ -21,8 +21,17 @@ from torch import nn
 
 from distillery.errors import CheckpointError
 from distillery.models.hooks import probe_feature_shapes, resolve_module
-from distillery.teachers.cache import (CacheFiles, cache_key, default_cache_dir, fingerprint, open_cache, read_cache,
-                                       reusable_cache, save_cache, write_cache)
+from distillery.teachers.cache import (
+    CacheFiles,
+    cache_key,
+    default_cache_dir,
+    fingerprint,
+    open_cache,
+    read_cache,
+    reusable_cache,
+    save_cache,
+    write_cache,
+)
 from distillery.teachers.precomputed import precompute_outputs
 
 MEGABYTE = 1_000_000

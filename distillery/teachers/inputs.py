@@ -56,7 +56,7 @@ def feed_own_inputs(teacher: nn.Module, student: Normalizer | None, preprocessin
     own = teacher_normalizer(preprocessing, source)
     if own == student:
         return None
-    channels = input_shape[0] if len(input_shape) >= 2 else 1
+    channels = input_shape[0]  # an image's channels, or a table's features: what a normaliser is fitted per
     if _channels(own) not in (1, channels):
         raise CheckpointError(f"{source} normalises {_channels(own)} channels but the data has {channels}; "
                               "use the data the teacher was trained for")
