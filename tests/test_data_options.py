@@ -120,3 +120,56 @@ def test_the_python_api_takes_a_torch_dataset_of_samples():
     result = distillery.train(model, Samples(), Samples(), epochs=30, lr=0.05, batch_size=16, progress=False,
                               device="cpu")
     assert result.metrics["val/accuracy"] > 0.9
+
+
+DATASET_MODULE = '''
+from pathlib import Path
+
+import torch
+
+MARKER = Path("factory-ran")
+
+
+class Samples(torch.utils.data.Dataset):
+    classes = ["low", "high"]
+
+    def __init__(self, count, seed):
+        generator = torch.Generator().manual_seed(seed)
+        self.inputs = torch.randn(count, 5, generator=generator)
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, index):
+        return self.inputs[index], int(self.inputs[index, 0] > 0)
+
+
+def make_datasets(count=200):
+    MARKER.write_text("")
+    return Samples(count, 0), Samples(count // 2, 1)
+
+
+def broken():
+    raise RuntimeError("the data server is down")
+'''
+
+
+def test_a_users_dataset_factory_trains_and_its_checkpoint_runs_it_only_when_allowed(tmp_path, monkeypatch):
+    (tmp_path / "user_data_b.py").write_text(DATASET_MODULE)
+    monkeypatch.chdir(tmp_path)
+    data = {"dataset": "python", "factory": "user_data_b:make_datasets", "factory_options": {"count": 300}}
+    config = write_yaml(tmp_path / "run.yaml", run_config(tmp_path / "run", data=data,
+                                                          train={"epochs": 20, "lr": 0.02, "batch_size": 32}))
+    assert_ok(invoke("train", str(config)))
+    model = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert model["class_names"] == ["low", "high"] and model["input_shape"] == [5]
+    (tmp_path / "factory-ran").unlink()
+    # model.json names the factory: a file may not make code run unless the user allows that factory.
+    assert_user_error(invoke("evaluate", str(tmp_path / "run")), "--allow-factory user_data_b:make_datasets")
+    assert not (tmp_path / "factory-ran").exists()
+    result = invoke("evaluate", str(tmp_path / "run"), "--allow-factory", "user_data_b:make_datasets", "--no-latency")
+    assert_ok(result)
+    assert (tmp_path / "factory-ran").exists()
+    broken = write_yaml(tmp_path / "broken.yaml", run_config(
+        tmp_path / "broken-run", data={"dataset": "python", "factory": "user_data_b:broken"}))
+    assert_user_error(invoke("train", str(broken)), "user_data_b:broken", "RuntimeError: the data server is down")

@@ -53,11 +53,14 @@ class DataConfig(Strict):
         None, gt=0.0, lt=1.0, description="imagefolder, csv, parquet without a test split: the seeded test share")
     layout: Optional[Literal["channels_first", "channels_last"]] = Field(
         None, description="npz: how image arrays are laid out; [N, H, W, C] is channels_last")
+    factory: Optional[str] = Field(None, description="python: package.module:function returning (train, test) "
+                                                     "torch Datasets of (inputs, label)")
+    factory_options: Optional[dict[str, Any]] = Field(None, description="python: the factory's keyword arguments")
 
     def source_options(self) -> dict[str, Any]:
         """The reader options that are set, by the names the readers take."""
         names = ("class_names", "image_size", "channels", "label_column", "feature_columns", "test_path",
-                 "test_fraction", "layout")
+                 "test_fraction", "layout", "factory", "factory_options")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import torch
 from pydantic import ValidationError
@@ -129,7 +129,8 @@ def label_options(transfer: TransferConfig | None, size: int) -> dict[str, Any]:
 
 
 def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str | None = None,
-                    data_path: str | None = None, test_limit: int | None = None) -> PreparedData:
+                    data_path: str | None = None, test_limit: int | None = None,
+                    allow_factories: Collection[str] = ()) -> PreparedData:
     """A checkpoint's recorded dataset (or ``dataset``) in its recorded preprocessing, checked to fit the model.
 
     There is no validation split: ``train`` is the whole training split (raw), ``test`` is normalised.
@@ -142,6 +143,11 @@ def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str 
     recorded = metadata.get("dataset") or {}
     # The reader's options (image size, label column) recorded with the checkpoint: data, checked like a config.
     options = recorded.get("options") if dataset is None and isinstance(recorded.get("options"), dict) else {}
+    # A file may name code only where the user allows it: a recorded dataset factory is such a name.
+    factory = options.get("factory")
+    if factory is not None and (not isinstance(factory, str) or factory not in allow_factories):
+        raise CheckpointError(f"{path} records its data as made by {factory!r}, which runs code; allow it with "
+                              f"--allow-factory {factory}, or evaluate on other data with --dataset")
     try:
         data_config = DataConfig(dataset=dataset or recorded.get("name", "digits"),
                                  path=data_path if dataset or data_path else recorded.get("path"),

@@ -72,7 +72,8 @@ def evaluate_checkpoint(path: str | Path, *, teacher: str | Path | None = None, 
         metrics = evaluate_checkpoint("runs/distilled", teacher="runs/teacher")
     """
     model, metadata = load_model(path, allow_factories=allow_factories)
-    data = checkpoint_data(path, metadata, dataset=dataset, data_path=data_path, test_limit=test_limit)
+    data = checkpoint_data(path, metadata, dataset=dataset, data_path=data_path, test_limit=test_limit,
+                           allow_factories=allow_factories)
     teacher_model = None
     if teacher is not None:
         teacher_model, teacher_metadata = load_teacher(teacher, allow_factories=allow_factories)

@@ -38,4 +38,5 @@ def load_source(path: str | Path, allow_factories: Collection[str] = ()) -> Chec
     model, metadata = load_model(path, allow_factories=allow_factories)
     # Exporters trace the model as it is: in training mode, batch norm would use batch statistics.
     model.eval()
-    return CheckpointSource(resolve_checkpoint(path), model, metadata, checkpoint_data(path, metadata))
+    return CheckpointSource(resolve_checkpoint(path), model, metadata,
+                            checkpoint_data(path, metadata, allow_factories=allow_factories))

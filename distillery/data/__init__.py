@@ -4,6 +4,7 @@ from distillery.data.batch import UNLABELED, Batch, as_batch, counted_positions,
 from distillery.data.batches import BatchIterator
 from distillery.data.dataset import ArrayDataset
 from distillery.data.image_folder import load_image_folder
+from distillery.data.python_dataset import load_python_dataset
 from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
 from distillery.data.tables import load_table
 from distillery.data.transfer import filter_classes, labeled_mask, select_classes
@@ -26,6 +27,7 @@ __all__ = [
     "load_idx_pair",
     "load_image_folder",
     "load_npz",
+    "load_python_dataset",
     "load_table",
     "model_logits",
     "random_crop",

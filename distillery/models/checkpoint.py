@@ -6,8 +6,8 @@ from typing import Any, Collection
 
 from torch import nn
 
-from distillery.models.checkpoint_files import load_checkpoint_files
 from distillery.errors import CheckpointError, DistilleryError
+from distillery.models.checkpoint_files import load_checkpoint_files
 from distillery.models.factory import MODELS, build_model
 
 

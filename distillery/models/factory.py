@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
-import os
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -13,6 +10,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from distillery.errors import ConfigError, ModelError
+from distillery.imports import import_function
 from distillery.models.resnet import resnet
 from distillery.models.zoo import cnn, mlp
 from distillery.registry import Registry
@@ -73,34 +71,10 @@ def _check_keywords(
             )
 
 
-def _import_function(name: str) -> Callable[..., Any]:
-    module_name, _, attribute = name.partition(":")
-    if not module_name or not attribute:
-        raise ModelError(f"model name {name!r} must look like 'package.module:function'")
-    # As with `python -m`: a factory in the folder the command runs from is importable.
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ModelError(
-            f"cannot import {module_name!r} for model {name!r} ({error}); "
-            "check the spelling and that its folder is on PYTHONPATH"
-        ) from None
-    function = module
-    for part in attribute.split("."):
-        if not hasattr(function, part):
-            raise ModelError(f"module {module_name!r} has no {attribute!r} (model {name!r})")
-        function = getattr(function, part)
-    if not callable(function):
-        raise ModelError(f"model {name!r} is not callable: {type(function).__name__}")
-    return function
-
-
 def _build_user_model(
     name: str, kwargs: dict[str, Any], input_shape: tuple[int, ...], num_classes: int
 ) -> nn.Module:
-    function = _import_function(name)
+    function = import_function(name)
     try:
         signature = inspect.signature(function)
     except (TypeError, ValueError):  # some builtins and C extensions have none
