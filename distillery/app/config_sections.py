@@ -114,13 +114,17 @@ def require_model_name(spec: dict[str, Any]) -> dict[str, Any]:
 
 class TeacherSpec(Strict):
     """A teacher trained outside distillery: the user's PyTorch model (``factory`` and ``weights``), an ONNX
-    model (``onnx``), or its outputs computed elsewhere (``outputs``). Exactly one of the three."""
+    model (``onnx``), a transformers image classifier (``huggingface``), or its outputs computed elsewhere
+    (``outputs``). Exactly one of the four."""
 
     factory: Optional[str] = Field(None, description="package.module:function that builds the model "
                                                      "(the current folder is importable)")
     options: dict[str, Any] = Field(default_factory=dict, description="the factory's keyword arguments")
     weights: Optional[str] = Field(None, description="its weights: .safetensors, or a torch.save-d state dict")
     onnx: Optional[str] = Field(None, description="an .onnx model, run in ONNX Runtime")
+    huggingface: Optional[str] = Field(None, description="a folder of a transformers image classifier "
+                                                         "(save_pretrained); its preprocessor_config.json gives its "
+                                                         "preprocessing")
     outputs: Optional[str] = Field(None, description="its logits or probabilities per transfer sample: .npy or "
                                                      ".parquet")
     outputs_kind: Literal["auto", "logits", "probabilities"] = "auto"
@@ -133,9 +137,10 @@ class TeacherSpec(Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> "TeacherSpec":
-        kinds = [name for name in ("factory", "onnx", "outputs") if getattr(self, name) is not None]
+        kinds = [name for name in ("factory", "onnx", "huggingface", "outputs") if getattr(self, name) is not None]
         if len(kinds) != 1:
-            raise ValueError("a teacher spec names exactly one of factory (with weights), onnx or outputs; "
+            raise ValueError("a teacher spec names exactly one of factory (with weights), onnx, huggingface or "
+                             "outputs; "
                              f"this one names {', '.join(kinds) or 'none'}")
         if (self.factory is None) != (self.weights is None):
             raise ValueError("factory and weights go together: the model the factory builds and the file of its "
@@ -149,5 +154,5 @@ class TeacherSpec(Strict):
     @property
     def name(self) -> str:
         """How messages name this teacher: its factory, ONNX file or outputs file."""
-        return self.factory or self.onnx or self.outputs
+        return self.factory or self.onnx or self.huggingface or self.outputs
 

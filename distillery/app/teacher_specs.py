@@ -9,6 +9,7 @@ from distillery.app.data import PreparedData
 from distillery.data import BatchIterator
 from distillery.errors import ConfigError, ModelError
 from distillery.eval.metrics import accuracy, predict
+from distillery.models.huggingface import load_pretrained_classifier
 from distillery.teachers.from_config import LoadedTeacher
 from distillery.teachers.outputs_table import OutputsTable
 from distillery.teachers.user_teacher import load_user_teacher
@@ -38,6 +39,11 @@ def load_from_spec(spec: TeacherSpec, data: PreparedData) -> LoadedTeacher:
         metadata = {**found, "input_shape": list(shape), "num_classes": classes, "preprocessing": spec.preprocessing,
                     **extra}
         return LoadedTeacher(model, metadata, spec.name)
+    if spec.huggingface is not None:
+        model, metadata = load_pretrained_classifier(spec.huggingface)
+        own = {"preprocessing": spec.preprocessing} if spec.preprocessing is not None else {}
+        return LoadedTeacher(model, {**metadata, "input_shape": list(data.test.input_shape), **own, **extra},
+                             spec.name)
     if data.train_rows is None:
         raise ConfigError(f"teacher outputs {spec.outputs} are aligned to the data's own training split; a "
                           "transfer set from another source (transfer.dataset) has no rows in it")

@@ -11,6 +11,7 @@ from torch import nn
 
 from distillery.errors import ConfigError, ModelError
 from distillery.imports import import_function
+from distillery.models.huggingface import huggingface
 from distillery.models.resnet import resnet
 from distillery.models.zoo import cnn, mlp
 from distillery.registry import Registry
@@ -19,6 +20,7 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.register("mlp")(mlp)
 MODELS.register("cnn")(cnn)
 MODELS.register("resnet")(resnet)
+MODELS.register("huggingface")(huggingface)
 
 # Set from the data, never from the spec, for zoo models.
 _DATA_ARGUMENTS = ("input_shape", "num_classes")
