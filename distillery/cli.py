@@ -219,6 +219,8 @@ def demo(dataset: str = typer.Option("digits", help="digits (embedded, under 3 m
     """Teacher -> student from scratch -> distilled student on an embedded dataset, then the report."""
 
     result = run_demo(dataset, output_dir, overwrite=overwrite, seed=seed, progress=not quiet)
+    if result.setting:
+        typer.echo(f"Setting: {result.setting}.\n")
     typer.echo(result.table)
     typer.echo(f"\nreport: {result.report['html']}")
 

@@ -200,7 +200,7 @@ def test_digits_split_is_fixed():
 
 
 def test_load_dataset_rejects_unknown_name_and_option():
-    assert set(DATASETS.names()) == {"digits", "fashion-mnist", "mnist", "kmnist", "idx", "npy", "npz", "imagefolder",
+    assert set(DATASETS.names()) == {"digits", "fashion-mnist", "mnist", "kmnist", "idx", "npy", "npz", "imagefolder", "huggingface",
                                      "csv", "parquet", "python"}
     with pytest.raises(ConfigError, match="'cifar'.*digits"):
         load_dataset("cifar")

@@ -13,9 +13,14 @@ def test_demo_prints_the_three_way_table_and_writes_the_report(tmp_path):
     assert [row.split("|")[1].strip() for row in rows] == ["model", "teacher", "scratch", "distilled"]
     for name in ("teacher", "scratch", "distilled"):
         evaluation = json.loads((tmp_path / name / "evaluation.json").read_text())
-        assert evaluation["samples"] == 360 and evaluation["accuracy"] > 0.85
+        assert evaluation["samples"] == 360
+    accuracy = {name: json.loads((tmp_path / name / "evaluation.json").read_text())["accuracy"]
+                for name in ("teacher", "scratch", "distilled")}
+    # Few labels: the soft targets pay beyond noise (the demo's own verdict says so).
+    assert accuracy["teacher"] > accuracy["distilled"] > accuracy["scratch"] + 0.05
+    assert "better beyond noise" in result.stdout and "Setting: both students see the labels" in result.stdout
     student = json.loads((tmp_path / "distilled" / "model.json").read_text())
-    assert student["config"]["distill"]["temperature"] == 2.0
+    assert student["config"]["transfer"]["labeled_fraction"] == 0.05
     report = tmp_path / "report"
     for name in ("report.html", "report.md", "learning_curves.png", "comparison.png", "reliability.png"):
         assert (report / name).stat().st_size > 1000

@@ -29,7 +29,7 @@ SMALL_SPECS = {
 
 
 def test_registry_names_the_zoo():
-    assert MODELS.names() == ["cnn", "mlp", "resnet"]
+    assert MODELS.names() == ["cnn", "huggingface", "mlp", "resnet"]
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SPECS))
@@ -92,7 +92,7 @@ def test_unknown_keyword_names_the_key_and_the_valid_keys():
 
 
 def test_unknown_name_lists_the_zoo():
-    with pytest.raises(ModelError, match="cnn, mlp, resnet"):
+    with pytest.raises(ModelError, match="cnn, huggingface, mlp, resnet"):
         build_model({"name": "transformer"}, (4,), 2)
 
 

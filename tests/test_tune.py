@@ -87,6 +87,9 @@ def test_the_best_is_the_argmax_of_validation_accuracy(tuned):
     assert best_config.train.epochs == load_config(DISTILL).train.epochs
     assert best_config.output_dir == load_config(DISTILL).output_dir
     assert f"{accuracies[best]:.1%} val vs {val_accuracy(output_dir / 'scratch'):.1%} from scratch" in result.stdout
+    # With the difference told from noise on the validation images both were measured on.
+    samples = json.loads((output_dir / "scratch" / "model.json").read_text())["metrics"]["val/samples"]
+    assert samples > 0 and f"of {samples:,} validation images; 95% interval" in result.stdout
 
 
 def test_the_scratch_reference_has_the_same_budget_and_no_teacher(tuned):

@@ -39,8 +39,9 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _transfer_needs_a_teacher(self) -> "RunConfig":
-        if self.transfer is not None and self.distill is None:
-            raise ValueError("transfer: describes a distillation's transfer set; add a distill: section or remove it")
+        if self.transfer is not None and self.distill is None and not self.transfer.labels:
+            raise ValueError("transfer.labels: false leaves only soft targets, which need a teacher; add a distill: "
+                             "section (without one, transfer: chooses the labelled samples a student trains on)")
         if self.distill is not None and self.distill.teacher_views and not self.data.augment.enabled:
             raise ValueError("teacher_views fixes augmented views, but data.augment is off, so the teacher's outputs "
                              "are cached for the plain inputs anyway; remove distill.teacher_views")
@@ -50,7 +51,7 @@ class RunConfig(Strict):
                              "the weight; remove distill.alpha")
         partly_labelled = self.transfer is not None and (
             not self.transfer.labels or (self.transfer.labeled_fraction or 1.0) < 1.0)
-        if partly_labelled and self.distill.method == "dkd":
+        if partly_labelled and self.distill is not None and self.distill.method == "dkd":
             raise ValueError("method 'dkd' splits every distribution at the true class, so it needs every transfer "
                              "sample labelled; use 'hinton' or 'dist', or drop labels: false / labeled_fraction")
         return self

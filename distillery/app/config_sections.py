@@ -43,9 +43,13 @@ class DataConfig(Strict):
     class_names: Optional[ClassNames] = Field(
         None, min_length=2, description="the classes' names in label order (any source; default: from the data)")
     image_size: Optional[Union[int, list[int]]] = Field(
-        None, description="imagefolder: scale and centre-crop to this size (an int: square; [h, w])")
-    channels: Optional[Literal[1, 3]] = Field(None, description="imagefolder: 1 grey or 3 RGB (default: from the images)")
-    label_column: Optional[str] = Field(None, description="csv, parquet: the column of labels (default: label)")
+        None, description="imagefolder, huggingface: scale and centre-crop to this size (an int: square; [h, w])")
+    channels: Optional[Literal[1, 3]] = Field(None, description="imagefolder, huggingface: 1 grey or 3 RGB (default: "
+                                                                "from the images)")
+    label_column: Optional[str] = Field(None, description="csv, parquet, huggingface: the column of labels "
+                                                          "(default: label, or huggingface's ClassLabel column)")
+    image_column: Optional[str] = Field(None, description="huggingface: the column of images (default: its Image "
+                                                          "column)")
     feature_columns: Optional[list[str]] = Field(
         None, min_length=1, description="csv, parquet: the feature columns (default: every other column)")
     test_path: Optional[str] = Field(None, description="csv, parquet: a second file of test rows")
@@ -59,7 +63,7 @@ class DataConfig(Strict):
 
     def source_options(self) -> dict[str, Any]:
         """The reader options that are set, by the names the readers take."""
-        names = ("class_names", "image_size", "channels", "label_column", "feature_columns", "test_path",
+        names = ("class_names", "image_size", "channels", "label_column", "image_column", "feature_columns", "test_path",
                  "test_fraction", "layout", "factory", "factory_options")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 

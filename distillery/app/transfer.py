@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import torch
 from torch import nn
 
 from distillery.app.config import RunConfig
@@ -110,9 +111,14 @@ def transfer_plan(config: RunConfig, data: PreparedData, teachers: list[LoadedTe
     if distill is not None and distill.teacher_views and not uses_table:
         raise ConfigError(f"teacher_views caches the teacher's outputs, which method {distill.method!r} does not "
                           "read from a cache; remove teacher_views")
-    return plan_transfer(data.train, teacher, augmentation=data.augmentation, transform=data.normalizer,
+    options, train = label_options(config.transfer, len(data.train)), data.train
+    if distill is None and "labeled" in options:
+        # Without a teacher the unlabelled samples teach nothing: the student trains on the labelled ones alone,
+        # the same samples a distilled student of the same config keeps the labels of.
+        train, options = train.subset(torch.nonzero(options["labeled"]).squeeze(1)), {}
+    return plan_transfer(train, teacher, augmentation=data.augmentation, transform=data.normalizer,
                          batch_size=config.train.batch_size, seed=config.seed,
-                         label_options=label_options(config.transfer, len(data.train)), teacher_table=uses_table,
+                         label_options=options, teacher_table=uses_table,
                          cache=distill.teacher_cache if distill else "off",
                          views=distill.teacher_views if distill else None,
                          preprocessing=pipeline_description(

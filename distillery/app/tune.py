@@ -225,7 +225,7 @@ def _run_point(name: str, settings: dict[str, Any], config: RunConfig, overwrite
     records = [json.loads(line) for line in (run_dir.path / "metrics.jsonl").read_text().splitlines() if line]
     return TunePoint(name, settings, run_dir.path, float(model["metrics"]["val/accuracy"]),
                      float(evaluation["accuracy"]), sum(record.get("epoch_time_s", 0.0) for record in records),
-                     reused)
+                     reused, int(model["metrics"].get("val/samples", 0)))
 
 
 def _report_progress(finished: list[TunePoint], number: int, total: int) -> None:

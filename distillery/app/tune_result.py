@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from distillery.app.config import RunConfig
+from distillery.eval.noise import accuracy_difference
 
 # Column names of keys whose last part says enough; the temperature is T in the papers.
 SHORT_NAMES = {"distill.temperature": "T"}
@@ -33,6 +34,7 @@ class TunePoint:
     test_accuracy: float
     train_seconds: float
     reused: bool
+    val_samples: int = 0  # validation samples its accuracy counts (0: not recorded, runs from before the count)
 
     @property
     def label(self) -> str:
@@ -62,4 +64,7 @@ class TuneResult:
     def summary(self) -> str:
         line = (f"best: {self.best.label}: {self.best.val_accuracy:.1%} val vs "
                 f"{self.scratch.val_accuracy:.1%} from scratch")
+        if self.best.val_samples:
+            difference = accuracy_difference(self.best.val_accuracy, self.scratch.val_accuracy, self.best.val_samples)
+            line += f", {difference.describe('validation images')}"
         return line if self.pays else line + " (distillation does not pay at this budget)"

@@ -3,6 +3,7 @@ from distillery.data.augment import Augmentation, horizontal_flip, random_crop, 
 from distillery.data.batch import UNLABELED, Batch, as_batch, counted_positions, model_logits
 from distillery.data.batches import BatchIterator
 from distillery.data.dataset import ArrayDataset
+from distillery.data.hf_images import load_hf_images
 from distillery.data.image_folder import load_image_folder
 from distillery.data.python_dataset import load_python_dataset
 from distillery.data.sources import DATASETS, load_dataset, load_idx_pair, load_npz, read_idx
@@ -24,6 +25,7 @@ __all__ = [
     "horizontal_flip",
     "labeled_mask",
     "load_dataset",
+    "load_hf_images",
     "load_idx_pair",
     "load_image_folder",
     "load_npz",

@@ -61,7 +61,7 @@ def load_image_folder(
         train.input_shape  # (3, 64, 64)
     """
     root = _root(path)
-    size = _checked_size(image_size)
+    size = checked_size(image_size)
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels {channels!r} is not supported; use 1 (grey), 3 (RGB) or leave it unset")
     folders = _split_folders(root)
@@ -74,24 +74,36 @@ def load_image_folder(
         train_rows, test_rows = np.flatnonzero(splits == 0), np.flatnonzero(splits == 1)
         sources = str(root / "train"), str(root / "test")
     inputs = MemmapInputs(_cached_array(root, files, size, channels, cache_dir))
+    return split_datasets(inputs, labels, names, (train_rows, test_rows), sources)
+
+
+def split_datasets(inputs: MemmapInputs, labels: np.ndarray, names: list[str], rows: Sequence[np.ndarray],
+                   sources: Sequence[str]) -> tuple[ArrayDataset, ArrayDataset]:
+    """The (train, test) datasets of one decoded cache: the samples at each split's ``rows``."""
     return tuple(
-        ArrayDataset(inputs.take(torch.from_numpy(rows)), torch.from_numpy(labels[rows]), names, source)
-        for rows, source in ((train_rows, sources[0]), (test_rows, sources[1]))
+        ArrayDataset(inputs.take(torch.from_numpy(split)), torch.from_numpy(labels[split]), names, source)
+        for split, source in zip(rows, sources)
     )
 
 
-def _root(path: str | Path | None) -> Path:
+def existing_path(path: str | Path | None, what: str, needs: str) -> Path:
+    """``path`` when it exists; ConfigError naming what ``data.path`` ``needs`` when unset, DataError when missing."""
     if path is None:
-        raise ConfigError("an image folder needs data.path: a directory of class folders (or train/ and test/)")
+        raise ConfigError(f"{what} needs data.path: {needs}")
     root = Path(path).expanduser()
     if not root.exists():
-        raise DataError(f"image folder {root} does not exist; check the data path")
+        raise DataError(f"{what} {root} does not exist; check the data path")
+    return root
+
+
+def _root(path: str | Path | None) -> Path:
+    root = existing_path(path, "an image folder", "a directory of class folders (or train/ and test/)")
     if not root.is_dir():
         raise DataError(f"image folder {root} is not a directory; point the data path at the folder of class folders")
     return root
 
 
-def _checked_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+def checked_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -187,16 +199,23 @@ def _cached_array(root: Path, files: list[Path], size: tuple[int, int] | None, c
     """The cache file holding ``files`` decoded, written first when missing or not a [N, C, H, W] uint8 array."""
     directory = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = directory / f"image-folder-{folder_fingerprint(root, files, size, channels)[:32]}.npy"
-    cached = _usable(target, len(files))
-    if cached is not None:
-        return cached
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataError(f"cannot create the cache directory {directory} ({error}); set cache_dir or "
                         "$DISTILLERY_CACHE to a writable directory") from None
-    channels = channels or (1 if all(_is_grey(file) for file in files) else 3)
-    return MemmapArray(atomic_write(target, lambda temporary: _decode_all(files, temporary, size, channels)))
+    return decoded_cache(target, files, size, channels)
+
+
+def decoded_cache(target: Path, sources: Sequence, size: tuple[int, int] | None, channels: int | None) -> MemmapArray:
+    """``target`` (a .npy named by a fingerprint of the sources and options) memory-mapped, after decoding every
+    source (a file, or anything :func:`_decode_all` opens) into it when it is missing or not [N, C, H, W] uint8;
+    ``channels`` None is 1 when every source is grey, else 3."""
+    cached = _usable(target, len(sources))
+    if cached is not None:
+        return cached
+    channels = channels or (1 if all(_is_grey(source) for source in sources) else 3)
+    return MemmapArray(atomic_write(target, lambda temporary: _decode_all(sources, temporary, size, channels)))
 
 
 def _usable(path: Path, count: int) -> MemmapArray | None:

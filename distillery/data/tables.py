@@ -59,7 +59,7 @@ def load_table(
         _require_columns(test_table, [*features, label_column], test_path)
         test_inputs = _feature_matrix(test_table, features, test_path)
         test_values = _label_values(test_table, label_column, test_path)
-    names, labels = _labels(values, class_names, path)
+    names, labels = class_labels(values, class_names, path)
     if len(np.unique(labels)) < 2:
         raise DataError(f"{path} has only the class {names[int(labels[0])]!r} in column {label_column!r}; "
                         "a classifier needs at least 2 classes: check label_column")
@@ -68,10 +68,10 @@ def load_table(
         return (_dataset(inputs[train_rows], labels[train_rows], names, f"{path} (train)"),
                 _dataset(inputs[test_rows], labels[test_rows], names, f"{path} (test)"))
     if class_names is None:  # one label space for both files, as the IDX reader does for its two splits
-        names, both = _labels(_joined(values, test_values), None, path)
+        names, both = class_labels(_joined(values, test_values), None, path)
         labels, test_labels = both[: len(values)], both[len(values):]
     else:
-        test_labels = _labels(test_values, names, test_path)[1]
+        test_labels = class_labels(test_values, names, test_path)[1]
     return _dataset(inputs, labels, names, str(path)), _dataset(test_inputs, test_labels, names, str(test_path))
 
 
@@ -190,7 +190,7 @@ def _as_name(value: Any) -> str:
     return str(value.item() if isinstance(value, np.generic) else value)
 
 
-def _labels(values: np.ndarray, class_names: list[str] | None, path: str | Path) -> tuple[list[str], np.ndarray]:
+def class_labels(values: np.ndarray, class_names: list[str] | None, path: str | Path) -> tuple[list[str], np.ndarray]:
     """Class names and int64 labels ``[N]`` for label ``values``; given names must cover every value."""
     distinct, inverse = np.unique(values, return_inverse=True)
     distinct_names = [_as_name(value) for value in distinct]

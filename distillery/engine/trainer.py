@@ -208,4 +208,6 @@ def validate(model: torch.nn.Module, batches: Iterable, device: torch.device,
     sums = distributed.sum_over_ranks({"correct": correct, "loss": loss_sum, "seen": seen}, device)
     if sums["seen"] == 0:
         raise DataError("the validation data yielded no batches")
-    return {"val/accuracy": sums["correct"] / sums["seen"], "val/loss": sums["loss"] / sums["seen"]}
+    # The count, so a difference of two validation accuracies can be told from noise (distillery.eval.noise).
+    return {"val/accuracy": sums["correct"] / sums["seen"], "val/loss": sums["loss"] / sums["seen"],
+            "val/samples": int(sums["seen"])}

@@ -14,6 +14,7 @@ from distillery.atomic import atomic_write_text
 from distillery.errors import DistilleryError
 from distillery.eval.confusion_plot import confusion_of, plot_confusion
 from distillery.eval.latency import environment_difference, unstable_reason
+from distillery.eval.noise import accuracy_difference
 from distillery.eval.per_class import per_class_html, per_class_markdown
 from distillery.eval.plots import plot_comparison, plot_learning_curves, plot_reliability
 from distillery.eval.run_record import RunRecord, is_number, load_run, nested
@@ -169,7 +170,12 @@ def _gain_sentence(distilled: RunRecord, scratch: RunRecord, teacher: RunRecord 
     if not (is_number(distilled_accuracy) and is_number(scratch_accuracy)):
         return None
     gain = 100 * (distilled_accuracy - scratch_accuracy)
-    sentence = f"distillation changed test accuracy by {gain:+.2f} points over the student trained from scratch"
+    samples = distilled.evaluation.get("samples")
+    if isinstance(samples, int) and samples == scratch.evaluation.get("samples") and samples > 0:
+        change = accuracy_difference(distilled_accuracy, scratch_accuracy, samples).describe()
+    else:  # runs evaluated on different test sets: no interval for their difference
+        change = f"{gain:+.2f} points (test sets differ: no noise interval)"
+    sentence = f"distillation changed test accuracy by {change}, against the student trained from scratch"
     teacher_accuracy = teacher.evaluation.get("accuracy") if teacher is not None else None
     # A gap is only meaningful when the teacher beats the scratch student.
     if is_number(teacher_accuracy) and teacher_accuracy > scratch_accuracy:
