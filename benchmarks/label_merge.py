@@ -21,6 +21,7 @@ from kd_vs_scratch import ROOT, finished_run, provenance, summarise
 
 from distillery.app.config_file import load_config
 from distillery.app.data import prepare_data
+from distillery.app.teachers import calibrate_merge
 from distillery.data import ArrayDataset, BatchIterator, Normalizer
 from distillery.eval.metrics import predict
 from distillery.models.checkpoint import load_model
@@ -34,12 +35,15 @@ SETUPS = {
 NO_LATENCY = ["measure_latency=false"]
 
 
-def splits(class_names: list[str], overlap: bool) -> dict[str, tuple[list[str], list[str]]]:
-    """The teachers' class sets: the two halves, and with ``overlap`` two sets sharing the middle two classes."""
+def splits(class_names: list[str], overlap: bool, even_odd: bool = False) -> dict[str, tuple[list[str], list[str]]]:
+    """The teachers' class sets: the two halves; with ``overlap`` two sets sharing the middle two classes; with
+    ``even_odd`` the classes of even and of odd label."""
     half = len(class_names) // 2
     chosen = {"disjoint": (class_names[:half], class_names[half:])}
     if overlap:
         chosen["overlapping"] = (class_names[:half + 1], class_names[half - 1:])
+    if even_odd:
+        chosen["even/odd"] = (class_names[0::2], class_names[1::2])
     return chosen
 
 
@@ -65,7 +69,8 @@ def train_teachers(args, config: Path, split: str, class_sets: tuple[list[str], 
     return directories
 
 
-def student_arms(scratch: Path, distilled: Path, teachers: dict[str, list[Path]]) -> dict[str, tuple]:
+def student_arms(scratch: Path, distilled: Path, teachers: dict[str, list[Path]], calibrate: int | None
+                 ) -> dict[str, tuple]:
     """Row name -> (run-name prefix, config, overrides) of every student arm."""
     arms = {"student from scratch, all labels": ("scratch", scratch, [])}
     for split, directories in teachers.items():
@@ -73,7 +78,12 @@ def student_arms(scratch: Path, distilled: Path, teachers: dict[str, list[Path]]
         arms[f"student distilled from the merged {split} teachers, with labels"] = (
             f"{split}-labels", distilled, [named])
         arms[f"student distilled from the merged {split} teachers, without labels"] = (
-            f"{split}-unlabeled", distilled, [named, "transfer.labels=false"])
+            f"{split}-unlabeled", distilled, [named, "transfer.labels=false", "distill.alpha=null"])
+        if calibrate:
+            arms[f"student distilled from the {split} teachers' merge calibrated on {calibrate} labels per class, "
+                 "otherwise without labels"] = (f"{split}-calibrated{calibrate}", distilled,
+                                                [named, "transfer.labels=false", "distill.alpha=null",
+                                                 f"distill.calibrate_merge={calibrate}"])
     return arms
 
 
@@ -84,6 +94,8 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--student-epochs", type=int, help="default: the student configs' own (40)")
     parser.add_argument("--overlap", action="store_true", help="also teachers on two overlapping class sets")
+    parser.add_argument("--even-odd", action="store_true", help="also teachers on the even and the odd classes")
+    parser.add_argument("--calibrate", type=int, help="also calibrate each merge on this many labels per class")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/label_merge")
     parser.add_argument("--quick", action="store_true", help="digits, 2 teacher and 3 student epochs, seed 0")
     args = parser.parse_args()
@@ -91,7 +103,7 @@ def main() -> None:
         args.dataset, args.teacher_epochs, args.student_epochs, args.seeds = "digits", 2, 3, [0]
     teacher_config, scratch, distilled = (ROOT / "configs" / f"{name}.yaml" for name in SETUPS[args.dataset])
     test = prepare_data(load_config(scratch).data.model_copy(update={"normalize": False})).test
-    class_sets = splits(test.class_names, args.overlap)
+    class_sets = splits(test.class_names, args.overlap, args.even_odd)
     first_half = class_sets["disjoint"][0]
     rows: dict[str, dict] = {}
     teachers = {split: train_teachers(args, teacher_config, split, sets, rows) for split, sets in class_sets.items()}
@@ -100,8 +112,14 @@ def main() -> None:
         merged = combine_teachers(loaded, classes=test.class_names, weights=None, combine="logits", temperature=1.0)
         measured = scores(merged, loaded[0].metadata["preprocessing"], test, first_half)
         rows[f"merged {split} teachers (no training)"] = {key: summarise([value]) for key, value in measured.items()}
+        if args.calibrate:
+            data = prepare_data(load_config(scratch).data, loaded[0].metadata["preprocessing"])
+            calibrate_merge(merged, data, args.calibrate, talk=False)
+            measured = scores(merged, loaded[0].metadata["preprocessing"], test, first_half)
+            rows[f"merged {split} teachers, gate calibrated on {args.calibrate} labels per class"] = {
+                key: summarise([value]) for key, value in measured.items()}
     epochs = [f"train.epochs={args.student_epochs}"] if args.student_epochs else []
-    for row, (prefix, config, overrides) in student_arms(scratch, distilled, teachers).items():
+    for row, (prefix, config, overrides) in student_arms(scratch, distilled, teachers, args.calibrate).items():
         per_seed = []
         for seed in args.seeds:
             name = f"{prefix}-e{args.student_epochs or 'default'}-seed{seed}"

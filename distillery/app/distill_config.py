@@ -24,10 +24,15 @@ class DistillConfig(Strict):
     init_from_teacher: bool = Field(False, description="copy the (first) teacher's weights where names and shapes match")
     init_layer_map: Optional[dict[str, str]] = Field(None, description="student module path -> teacher module path")
     method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention", "deep_supervision", "mutual",
-                    "online"] = "hinton"
+                    "online", "function_matching"] = "hinton"
     temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
     standardize: Optional[bool] = Field(None, description="z-score logits before the soft loss")
+    calibrate_merge: Optional[int] = Field(
+        None, ge=1, description="teachers of different class sets: fit the merge's gate on this many labelled "
+                                "training samples per class (e.g. 10), used even with transfer.labels: false")
+    mix: Optional[Literal["mixup", "cutmix", "none"]] = Field(
+        None, description="function_matching: how a batch is mixed before teacher and student see it (mixup)")
     ce_weight: Optional[float] = Field(None, ge=0.0, description="dkd: weight of the hard-label term")
     tckd_weight: Optional[float] = Field(None, ge=0.0, description="dkd: target-class term weight")
     nckd_weight: Optional[float] = Field(None, ge=0.0, description="dkd: non-target-class term weight")

@@ -14,7 +14,7 @@ from distillery.methods import create_method, method_accepts
 from distillery.models import build_model
 
 TEACHER_SETTINGS = {"teacher", "teacher_weights", "ensemble", "init_from_teacher", "init_layer_map", "method",
-                    "hint_teacher", "teacher_cache", "teacher_views", "feature_cache_mb"}
+                    "hint_teacher", "teacher_cache", "teacher_views", "feature_cache_mb", "calibrate_merge"}
 
 
 def build_method(config: RunConfig, model: nn.Module, teacher: nn.Module | None, input_shape: tuple[int, ...],
@@ -34,8 +34,9 @@ def build_method(config: RunConfig, model: nn.Module, teacher: nn.Module | None,
                                                 input_shape, num_classes)
     if method_accepts(config.distill.method, "input_shape"):
         options["input_shape"] = input_shape  # feature methods size their adapters with one dummy forward
-    return create_method(config.distill.method, model, teacher, label_smoothing=config.train.label_smoothing,
-                         **options)
+    if method_accepts(config.distill.method, "label_smoothing"):  # a method without a label term has none to smooth
+        options["label_smoothing"] = config.train.label_smoothing
+    return create_method(config.distill.method, model, teacher, **options)
 
 
 def fresh_model(spec: dict[str, Any], setting: str, seed: int, input_shape: tuple[int, ...],

@@ -2,19 +2,22 @@
 inputs, and combine several into the one teacher a method distils from."""
 from __future__ import annotations
 
+import sys
 from typing import Any
 
+import torch
 from torch import nn
 
 from distillery.app.config import RunConfig
 from distillery.app.config_sections import TeacherSpec
-from distillery.app.data import PreparedData, check_model_fits, prepare_data
+from distillery.app.data import SPLIT_SEED, PreparedData, check_model_fits, prepare_data
 from distillery.app.teacher_specs import load_from_spec, report_teacher_accuracy
 from distillery.errors import ConfigError
 from distillery.methods import method_accepts, method_default
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
 from distillery.teachers.inputs import feed_own_inputs, teacher_normalizer
+from distillery.teachers.label_space import LabelSpaceMerge
 from distillery.teachers.outputs_table import OutputsTable
 
 FEATURE_PATHS = ("teacher_layer", "teacher_layers")
@@ -66,7 +69,27 @@ def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedD
         if isinstance(entry, TeacherSpec) and entry.check and entry.outputs is None and config.progress:
             report_teacher_accuracy(loaded, data)
     teacher = teacher_for(config, teachers, data.test.class_names) if teachers else None
+    if config.distill is not None and config.distill.calibrate_merge:
+        calibrate_merge(teacher, data, config.distill.calibrate_merge, talk=config.progress)
     return teachers, data, teacher
+
+
+def calibrate_merge(teacher: nn.Module | None, data: PreparedData, per_class: int, *, talk: bool) -> None:
+    """Fit the gate of a merge of teachers of different class sets on ``per_class`` labelled training samples
+    of every class (a seeded choice), fed as the student's batches are."""
+    if not isinstance(teacher, LabelSpaceMerge):
+        raise ConfigError("distill.calibrate_merge calibrates teachers of different class sets; these teachers "
+                          "predict the data's classes: remove calibrate_merge")
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    order = torch.randperm(len(data.train), generator=generator)
+    labels = data.train.labels[order]
+    chosen = torch.cat([order[labels == label][:per_class] for label in range(data.train.num_classes)])
+    inputs = data.train.inputs[chosen]
+    inputs = data.normalizer(inputs) if data.normalizer is not None else inputs
+    nll = teacher.calibrate(inputs, data.train.labels[chosen])
+    if talk:
+        print(f"label-space merge calibrated on {len(chosen)} labelled samples (up to {per_class} per class; "
+              f"gate NLL {nll:.3f})", file=sys.stderr)
 
 
 def teacher_for(config: RunConfig, teachers: list[LoadedTeacher], classes: list[str]) -> nn.Module:

@@ -1,9 +1,15 @@
 """Training methods: each is a small class that turns a batch into one StepOutput."""
 from distillery.methods.base import METHODS, Method, StepOutput
 from distillery.methods.deep_supervision import DeepSupervision
+from distillery.methods.factory import (
+                                        create_method,
+                                        method_accepts,
+                                        method_default,
+                                        method_uses_teacher_features,
+                                        method_uses_teacher_logits,
+)
 from distillery.methods.features import AttentionTransfer, FeatureHints
-from distillery.methods.factory import (create_method, method_accepts, method_default, method_uses_teacher_features,
-                                        method_uses_teacher_logits)
+from distillery.methods.function_matching import FunctionMatching
 from distillery.methods.modern import DIST, DecoupledKD
 from distillery.methods.online import MutualLearning, OnlineDistillation
 from distillery.methods.soft_targets import HintonDistillation, LogitMatching
@@ -16,6 +22,7 @@ __all__ = [
     "DecoupledKD",
     "DeepSupervision",
     "FeatureHints",
+    "FunctionMatching",
     "HintonDistillation",
     "LogitMatching",
     "Method",

@@ -8,6 +8,7 @@ from torch import nn
 
 from distillery.errors import ConfigError, ModelError
 from distillery.teachers.ensemble import normalized_weights
+from distillery.teachers.merge_gate import MergeGate, fit_gate, teacher_features
 
 
 class LabelSpaceMerge(nn.Module):
@@ -60,6 +61,7 @@ class LabelSpaceMerge(nn.Module):
         for index, own in enumerate(own_classes):
             known[index, getattr(self, f"positions_{index}")] = True
         self.register_buffer("same_teacher", (known.T.float() @ known.float()) > 0, persistent=False)
+        self.gate: MergeGate | None = None  # set by calibrate(): then the merge is a mixture, not a logit union
 
     def extra_repr(self) -> str:
         # Part of the teacher-output cache's fingerprint: positions and weights live outside the state_dict.
@@ -80,18 +82,55 @@ class LabelSpaceMerge(nn.Module):
         # A large finite gap rather than -inf: a zero-probability class must not turn 0 · log 0 into NaN.
         return merged_logits.masked_fill(~allowed, -1e4)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        merged = None
-        for index, (member, weight) in enumerate(zip(self.members, self.teacher_weights)):
+    def member_logits(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Every teacher's logits over its own classes, checked against the class list it was given."""
+        outputs = []
+        for index, member in enumerate(self.members):
             positions = getattr(self, f"positions_{index}")
             logits = member(inputs)
             if logits.dim() != 2 or logits.shape[1] != len(positions):
                 raise ModelError(f"teacher {index + 1} of the merge outputs {tuple(logits.shape[1:])} but names "
                                  f"{len(positions)} classes; give each teacher the class list it predicts")
-            if merged is None:
-                merged = logits.new_zeros(len(logits), len(self.classes))
-            merged.index_add_(1, positions, weight * logits)
+            outputs.append(logits)
+        return outputs
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.member_logits(inputs)
+        if self.gate is not None:
+            return self._gated(outputs)
+        merged = outputs[0].new_zeros(len(outputs[0]), len(self.classes))
+        for index, (logits, weight) in enumerate(zip(outputs, self.teacher_weights)):
+            merged.index_add_(1, getattr(self, f"positions_{index}"), weight * logits)
         return merged / self.coverage.to(merged.dtype)
+
+    def calibrate(self, inputs: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fit a gate on labelled samples (``labels`` index :attr:`classes`): from then on the merge returns
+        log p(c | x) = log sum_i P(S_i | x) p_i(c | x), with P(S_i | x) from the gate (see
+        :mod:`distillery.teachers.merge_gate`). Returns the fitted gate's mean NLL on those samples."""
+        with torch.no_grad():
+            outputs = self.member_logits(inputs)
+        log_probs = [torch.log_softmax(logits.float(), dim=-1) for logits in outputs]
+        knows = torch.zeros(len(labels), len(outputs), dtype=torch.bool)
+        label_log_probs = torch.zeros(len(labels), len(outputs))
+        for index, own in enumerate(log_probs):
+            lookup = torch.full((len(self.classes),), -1, dtype=torch.long)
+            lookup[getattr(self, f"positions_{index}").cpu()] = torch.arange(own.shape[1])
+            place = lookup[labels.cpu()]
+            knows[:, index] = place >= 0
+            label_log_probs[:, index] = own.cpu().gather(1, place.clamp_min(0)[:, None])[:, 0]
+        gate = MergeGate(len(outputs))
+        nll = fit_gate(gate, teacher_features([p.cpu() for p in log_probs], [z.float().cpu() for z in outputs]),
+                       knows, label_log_probs)
+        self.gate = gate.to(outputs[0].device)
+        return nll
+
+    def _gated(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        log_probs = [torch.log_softmax(logits.float(), dim=-1) for logits in outputs]
+        gate = self.gate(teacher_features(log_probs, [logits.float() for logits in outputs]))
+        joint = log_probs[0].new_full((len(outputs[0]), len(outputs), len(self.classes)), float("-inf"))
+        for index, own in enumerate(log_probs):
+            joint[:, index, getattr(self, f"positions_{index}")] = gate[:, index:index + 1] + own
+        return torch.logsumexp(joint, dim=1)  # log p(c | x): a valid set of logits
 
 
 def _positions(own: list[str], classes: list[str], name: str) -> list[int]:

@@ -1,0 +1,73 @@
+"""Calibrating a label-space merge on a few labelled samples: a gate that says which teacher's classes a sample
+belongs to, learnt from how each teacher responds to it.
+
+Teacher i of a merge knows p_i(c | x, S_i), the distribution within its class set S_i, and nothing of
+P(S_i | x). By Bayes, p(c | x) = sum over the teachers i that know c of P(S_i | x) · p_i(c | x, S_i). The gate
+estimates P(S_i | x) from each teacher's response to x — its evidence logsumexp(z_i) (the energy score of Liu et
+al. 2020, "Energy-based out-of-distribution detection"), its top log-probability and its entropy — with a
+multinomial logistic regression fitted on a few labelled samples by maximising the merged likelihood of their
+true classes. Six numbers per teacher are learnt, so ten labels per class suffice.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distillery.errors import ConfigError
+
+FEATURES = 3  # per teacher: evidence, top log-probability, entropy
+
+
+def teacher_features(log_probs: list[torch.Tensor], logits: list[torch.Tensor]) -> torch.Tensor:
+    """``[B, FEATURES · teachers]``: each teacher's logsumexp of its logits, top log-probability and entropy."""
+    columns = []
+    for own_log_probs, own_logits in zip(log_probs, logits):
+        entropy = -(own_log_probs.exp() * own_log_probs).sum(dim=-1)
+        columns += [torch.logsumexp(own_logits, dim=-1), own_log_probs.max(dim=-1).values, entropy]
+    return torch.stack(columns, dim=-1)
+
+
+class MergeGate(nn.Module):
+    """``log P(S_i | x)`` for every teacher i, ``[B, teachers]``, from :func:`teacher_features`."""
+
+    def __init__(self, teachers: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(FEATURES * teachers, teachers)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)  # untrained: every teacher equally likely
+        self.register_buffer("mean", torch.zeros(FEATURES * teachers))
+        self.register_buffer("std", torch.ones(FEATURES * teachers))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.linear((features - self.mean) / self.std), dim=-1)
+
+
+def fit_gate(gate: MergeGate, features: torch.Tensor, knows_label: torch.Tensor, class_log_probs: torch.Tensor,
+             *, steps: int = 200, weight_decay: float = 1e-2) -> float:
+    """Fit ``gate`` on labelled samples: maximise log sum_i P(S_i | x) p_i(y | x) over the teachers i that know
+    the true class y. ``features`` ``[N, F]``; ``knows_label`` ``[N, teachers]`` bool; ``class_log_probs``
+    ``[N, teachers]``: log p_i(y | x) (anything where teacher i does not know y). Returns the final mean NLL.
+
+    L-BFGS on a convex objective with a small L2 penalty (few samples, six weights per teacher). Raises
+    ConfigError when no sample has a label.
+    """
+    if len(features) == 0:
+        raise ConfigError("calibrating a label-space merge needs labelled samples; none were given")
+    with torch.no_grad():
+        gate.mean.copy_(features.mean(dim=0))
+        gate.std.copy_(features.std(dim=0).clamp_min(1e-6) if len(features) > 1 else torch.ones_like(gate.std))
+    masked = class_log_probs.masked_fill(~knows_label, float("-inf"))
+    optimizer = torch.optim.LBFGS(gate.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        nll = -torch.logsumexp(gate(features) + masked, dim=-1).mean()
+        loss = nll + weight_decay * gate.linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(objective)
+    gate.requires_grad_(False)
+    with torch.no_grad():
+        return float(-torch.logsumexp(gate(features) + masked, dim=-1).mean())
