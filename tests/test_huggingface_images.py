@@ -72,3 +72,17 @@ def test_a_student_from_a_config_dict_and_a_bad_spec_is_one_line(tmp_path):
     config = write_yaml(tmp_path / "run.yaml", run_config(
         tmp_path / "student", distill={"teacher": {"huggingface": str(tmp_path / "nowhere")}}))
     assert_user_error(invoke("distill", str(config)), "holds no config.json")
+
+
+def test_a_folder_with_pickled_weights_only_is_refused(vit_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(vit_folder, folder)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")  # what an older save_pretrained writes: a pickle
+    with pytest.raises(ModelError, match="from safetensors weights"):
+        load_pretrained_classifier(folder)

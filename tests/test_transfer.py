@@ -148,3 +148,17 @@ def test_soft_targets_on_unlabelled_samples_beat_the_few_labels_alone(teacher_di
 def test_partly_labelled_settings_that_cannot_work(transfer, method, fragment):
     with pytest.raises(ConfigError, match=fragment):
         build_config({**COMMON, "output_dir": "x", "distill": {"teacher": "t", "method": method}, "transfer": transfer})
+
+
+def test_a_student_from_scratch_with_a_labelled_share_trains_on_those_samples_alone():
+    from distillery.app.teachers import teachers_and_data
+    from distillery.app.transfer import transfer_plan
+
+    config = build_config({"output_dir": "unused", "transfer": {"labeled_fraction": 0.1}})
+    teachers, data, teacher = teachers_and_data(config)
+    plan = transfer_plan(config, data, teachers, teacher)
+    kept = labeled_mask(len(data.train), 0.1, seed=0)
+    assert len(plan.batches.dataset) == int(kept.sum())
+    assert torch.equal(plan.batches.dataset.labels, data.train.labels[kept])
+    with pytest.raises(Exception, match="need a teacher"):
+        build_config({"output_dir": "unused", "transfer": {"labels": False}})

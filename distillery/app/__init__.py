@@ -1,7 +1,8 @@
 """The application layer: a run's steps, read in order, and the workflows built on them.
 
-config (``config``, ``config_file``) -> build the data (``data``), teachers (``teachers``), method (``method``)
-and the transfer batches with the teacher's outputs (``transfer``) -> fit (``fit``) -> write the run directory
+config (``config``, ``config_file``) -> build the data (``data``), teachers (``teachers``; ``teacher_specs`` for
+teachers trained elsewhere), method (``method``) and the transfer batches with the teacher's outputs
+(``transfer``) -> fit (``fit``) -> write the run directory
 (``write``, ``evaluation``, ``resume``); ``pipeline`` runs these steps for one config. Born-again generations
 (``born_again``), ``tune``, ``demo`` and the in-memory Python API (``api``, ``self_distillation``) are clients of
 these steps; ``run`` chooses between a single run and born-again generations. See docs/architecture.md.

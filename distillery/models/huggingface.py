@@ -93,10 +93,12 @@ def load_pretrained_classifier(folder: str | Path) -> tuple[HFImageClassifier, d
     if not (folder / "config.json").is_file():
         raise ModelError(f"{folder} holds no config.json; give a folder written by save_pretrained")
     try:
+        # safetensors only: a pytorch_model.bin is a pickle, and a folder may come from anyone.
         model = AutoModelForImageClassification.from_pretrained(folder, local_files_only=True,
-                                                                trust_remote_code=False)
+                                                                trust_remote_code=False, use_safetensors=True)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"transformers cannot load {folder} as an image classifier ({_first_line(error)})") from None
+        raise ModelError(f"transformers cannot load {folder} as an image classifier from safetensors weights "
+                         f"({_first_line(error)}); save it with save_pretrained(safe_serialization=True)") from None
     wrapped = HFImageClassifier(model.eval())
     labels = [model.config.id2label[index] for index in sorted(model.config.id2label)]
     metadata = {"architecture": {"name": "huggingface", "base": str(folder)},
