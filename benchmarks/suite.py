@@ -28,6 +28,7 @@ from distillery.app.config_file import build_config, dump_config, load_config
 from distillery.app.evaluation import evaluate_checkpoint
 from distillery.app.run import run
 from distillery.eval.latency import measure_latency
+from distillery.eval.noise import accuracy_difference
 from distillery.models.checkpoint import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,7 +142,8 @@ def summarise(evaluations: list[dict]) -> dict:
     accuracies = [e["accuracy"] for e in evaluations]
     first = evaluations[0]
     return {"accuracy": statistics.mean(accuracies), "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-            "values": accuracies, "parameters": first["parameters"], "size_bytes": first["size_bytes"],
+            "values": accuracies, "samples": first["samples"], "parameters": first["parameters"],
+            "size_bytes": first["size_bytes"],
             "batch1_ms": statistics.median(e["latency"]["batch1_median_ms"] for e in evaluations),
             "batch256_per_s": statistics.median(e["latency"]["batch256_samples_per_s"] for e in evaluations),
             "wall_time_s": statistics.median(e["wall_time_s"] for e in evaluations),
@@ -173,6 +175,11 @@ def method_rows(args, teacher_dir: Path, teacher_accuracy: float) -> dict:
         scratch = rows.get(f"{row['student']} | from scratch", {}).get("accuracy")
         gap = teacher_accuracy - scratch if scratch is not None else 0.0
         row["gap_closed"] = (row["accuracy"] - scratch) / gap if gap > 0 else None
+        if scratch is not None and row["method"] != "from scratch":
+            # The seed means' difference with one run's 95% interval on this test set: noise, or not.
+            difference = accuracy_difference(row["accuracy"], scratch, row["samples"])
+            row["vs_scratch"] = {"points": 100 * difference.value, "low": 100 * difference.low,
+                                 "high": 100 * difference.high, "within_noise": difference.within_noise}
     return rows
 
 

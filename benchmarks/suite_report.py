@@ -69,12 +69,23 @@ def _accuracy(row: dict, seeds: int) -> str:
     return f"{row['accuracy']:.2%} ± {row['std']:.2%}{short}"
 
 
+def _versus_scratch(row: dict) -> str:
+    """``+0.38 (-0.5 to +1.3): within noise`` for a row with a scratch reference, else a dash."""
+    versus = row.get("vs_scratch")
+    if versus is None:
+        return "–"
+    verdict = "within noise" if versus["within_noise"] else "beyond noise"
+    return f"{versus['points']:+.2f} ({versus['low']:+.1f} to {versus['high']:+.1f}): {verdict}"
+
+
 def _methods_table(result: dict) -> list[str]:
-    lines = ["| student | method | test accuracy | gap closed | parameters | size | batch-1 latency | "
-             "batch-256 throughput | train wall time |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| student | method | test accuracy | vs scratch, points (95% interval of one run) | gap closed | "
+             "parameters | size | batch-1 latency | batch-256 throughput | train wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"].values():
         gap = "–" if row["method"] == "from scratch" or row["gap_closed"] is None else f"{row['gap_closed']:+.0%}"
-        lines.append(f"| {row['student']} | {row['method']} | {_accuracy(row, len(result['seeds']))} | {gap} | "
+        lines.append(f"| {row['student']} | {row['method']} | {_accuracy(row, len(result['seeds']))} | "
+                     f"{_versus_scratch(row)} | {gap} | "
                      f"{row['parameters']:,} | {row['size_bytes'] / 1024:.0f} KiB | {row['batch1_ms']:.3f} ms | "
                      f"{row['batch256_per_s']:,.0f}/s | {row['wall_time_s']:.0f} s |")
     return lines
