@@ -2,8 +2,10 @@
 from distillery.losses.features import attention_map, attention_transfer, hint_mse, pool_to_common_size
 from distillery.losses.logits import hard_label_cross_entropy, logit_mse, soft_target_kl
 from distillery.losses.modern import decoupled_kd, dist_loss, standardize_logits
+from distillery.losses.tokens import DIVERGENCES, token_divergence, token_loss
 
 __all__ = [
+    "DIVERGENCES",
     "attention_map",
     "attention_transfer",
     "decoupled_kd",
@@ -14,4 +16,6 @@ __all__ = [
     "pool_to_common_size",
     "soft_target_kl",
     "standardize_logits",
+    "token_divergence",
+    "token_loss",
 ]
