@@ -3,6 +3,7 @@ from distillery.losses.features import attention_map, attention_transfer, hint_m
 from distillery.losses.logits import hard_label_cross_entropy, logit_mse, soft_target_kl
 from distillery.losses.modern import decoupled_kd, dist_loss, standardize_logits
 from distillery.losses.tokens import DIVERGENCES, token_divergence, token_loss
+from distillery.losses.topk import teacher_top_k, top_k_divergence
 
 __all__ = [
     "DIVERGENCES",
@@ -16,6 +17,8 @@ __all__ = [
     "pool_to_common_size",
     "soft_target_kl",
     "standardize_logits",
+    "teacher_top_k",
     "token_divergence",
     "token_loss",
+    "top_k_divergence",
 ]
