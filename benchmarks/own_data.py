@@ -27,11 +27,10 @@ from PIL import Image
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 from sklearn.model_selection import train_test_split
 
-from distillery.app.config_file import build_config
-from distillery.app.run import run
 from distillery.data import load_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from few_labels import finished  # noqa: E402
 from kd_vs_scratch import provenance  # noqa: E402
 
 FASHION = "/usr/share/datasets/fashion-mnist"
@@ -77,11 +76,8 @@ def write_table(out: Path, name: str, bunch) -> Path:
     return out / f"{name}_train.csv"
 
 
-def accuracy(document: dict, run_dir: Path, overwrite: bool = True) -> float:
-    if not (run_dir / "model.json").is_file():
-        run(build_config({**document, "output_dir": str(run_dir), "progress": False, "measure_latency": False}),
-            overwrite=overwrite)
-    return json.loads((run_dir / "evaluation.json").read_text())["accuracy"]
+def accuracy(document: dict, run_dir: Path) -> float:
+    return finished(document, run_dir)["accuracy"]
 
 
 def interval(values: list[float], samples: int) -> str:

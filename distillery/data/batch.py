@@ -68,9 +68,6 @@ class Batch:
                   else self.inputs[selector])
         return Batch(inputs, pick(self.labels), pick(self.mask), pick(self.indices))
 
-    def with_inputs(self, inputs: Inputs) -> "Batch":
-        return replace(self, inputs=inputs)
-
     def __iter__(self) -> Iterator[Any]:
         return iter((self.inputs, self.labels, self.indices))
 
