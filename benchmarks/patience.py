@@ -5,7 +5,7 @@ Fashion-MNIST, a seeded slice of the training images (--train-limit), the MLP-12
 benchmarks/few_labels.py (trained on all labels; its run is reused). The scratch reference is the student at
 its own best budget and its own best augmentation (all of them run, the best by validation accuracy).
 
-    OMP_NUM_THREADS=2 python benchmarks/patience.py [--epochs 20 60] [--train-limit 10000] [--seed 0]
+    OMP_NUM_THREADS=2 python benchmarks/patience.py [--epochs 20 60] [--train-limit 10000] [--seed 0] [--views 1 4]
 """
 from __future__ import annotations
 
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench-out/patience"))
     parser.add_argument("--teacher", type=Path, default=Path("bench-out/few-labels/teacher"))
+    parser.add_argument("--views", type=int, nargs="*", default=[],
+                        help="also function matching on K cached mixed views (teacher run once per view), each K")
     args = parser.parse_args()
     started = time.perf_counter()
     teacher = finished(TEACHER, args.teacher)["accuracy"]
@@ -51,11 +53,15 @@ def main() -> None:
                 {**data}, {"method": "hinton", "temperature": 4.0, "alpha": 0.5}),
             "function matching (T 1, mixup, shift 2 + flip), teacher live": (
                 {**data, "augment": AUGMENT}, {"method": "function_matching", "temperature": 1.0, "mix": "mixup"}),
+            **{f"function matching, {views} cached view{'s' if views > 1 else ''} (augmentation, partner, weight)": (
+                {**data, "augment": AUGMENT}, {"method": "function_matching", "temperature": 1.0, "mix": "mixup",
+                                               "teacher_views": views}) for views in args.views},
         }
         for name, (arm_data, distill) in arms.items():
             evaluation = finished({**base, **budget(epochs), "data": arm_data,
                                    "distill": {**distill, "teacher": str(args.teacher)}},
-                                  args.out / f"{distill['method']}-{epochs}")
+                                  args.out / f"{distill['method']}-{epochs}"
+                                  + (f"-views{distill['teacher_views']}" if "teacher_views" in distill else ""))
             closed = (evaluation["accuracy"] - reference["accuracy"]) / (teacher - reference["accuracy"])
             difference = accuracy_difference(evaluation["accuracy"], reference["accuracy"], evaluation["samples"])
             rows.append(f"| {name} | {epochs} | {evaluation['accuracy']:.2%} | {difference.describe()} | {closed:.0%} |")

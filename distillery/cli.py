@@ -13,6 +13,7 @@ import typer
 from distillery.app.config_file import load_config
 from distillery.app.demo import demo as run_demo
 from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.generate import generate_text
 from distillery.app.resume import resume_config
 from distillery.app.run import run
 from distillery.app.transfer import build_teacher_cache
@@ -197,6 +198,21 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A run directory or a .
         if not timing.get("stable", True):
             typer.echo(f"  latency is unstable on this machine now ({timing.get('instability', 'rounds disagree')}); "
                        "measure again on a quiet machine before comparing")
+
+
+@app.command()
+@user_errors
+def generate(run_dir: Path = typer.Argument(..., help="A finished language-model run directory."),
+             prompt: str = typer.Option(..., help="The text to continue."),
+             max_new_tokens: int = typer.Option(40, min=1, help="How many tokens to add."),
+             temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; above 0: sample at this temperature."),
+             seed: int = typer.Option(0, help="The sampling seed."),
+             teacher: bool = typer.Option(True, help="Continue the prompt with the run's teacher too.")) -> None:
+    """Continue a prompt with a language-model run's student, beside its teacher."""
+    texts = generate_text(run_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                          teacher=teacher)
+    for name, text in texts.items():
+        typer.echo(f"{name:>8}: {prompt}{text}")
 
 
 @app.command()

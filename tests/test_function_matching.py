@@ -70,3 +70,49 @@ def test_function_matching_runs_from_a_config_with_a_live_teacher_and_refuses_al
         tmp_path / "alpha-run", distill={"teacher": str(teacher_run), "method": "function_matching",
                                          "alpha": 0.5}))
     assert_user_error(invoke("distill", str(with_alpha)), "does not take alpha")
+
+
+def test_a_mixed_view_fixes_the_augmentation_the_partner_and_the_weight():
+    from distillery.data import ArrayDataset, Augmentation
+    from distillery.data.views import augmented_views
+
+    dataset = ArrayDataset(torch.rand(10, 1, 4, 4), torch.arange(10) % 3, ["a", "b", "c"], "toy")
+    plain = Augmentation(0, 0, False)
+    first, second = augmented_views(dataset, plain, 2, seed=3, mix="mixup")
+    generator = torch.Generator().manual_seed(3 * 1000003)  # view 0's draws, in the order they are made
+    weights = torch.rand(10, 1, 1, 1, generator=generator)
+    partners = torch.randperm(10, generator=generator)
+    assert torch.allclose(first.inputs, weights * dataset.inputs + (1 - weights) * dataset.inputs[partners])
+    assert not torch.allclose(first.inputs, second.inputs)
+    again = augmented_views(dataset, plain, 2, seed=3, mix="mixup")
+    assert torch.equal(again[1].inputs, second.inputs)
+    with pytest.raises(Exception, match="cutmix runs live"):
+        augmented_views(dataset, plain, 2, seed=3, mix="cutmix")
+
+
+def test_function_matching_on_cached_mixed_views_reads_the_teachers_outputs_on_those_views(tmp_path, teacher_run):
+    from distillery.app.config_file import build_config
+    from distillery.app.teachers import teachers_and_data
+    from distillery.app.transfer import transfer_plan
+
+    config = build_config(run_config(tmp_path / "run", distill={"teacher": str(teacher_run),
+                                                                "method": "function_matching", "teacher_views": 3}))
+    teachers, data, teacher = teachers_and_data(config)
+    plan = transfer_plan(config, data, teachers, teacher)
+    assert "cached" in plan.note or "computed" in plan.note
+    method = create_method("function_matching", *models(), mix="mixup")
+    method.use_precomputed_teacher_logits(plan.teacher_logits)
+    plan.batches.set_epoch(2)  # the second view
+    batch = next(iter(plan.batches))
+    assert int(batch.indices.min()) >= len(data.train)  # indices address the second view's rows of the cache
+    with torch.no_grad():
+        expected = teacher(batch.inputs)
+    assert torch.allclose(plan.teacher_logits[batch.indices].float(), expected, atol=1e-2)
+    assert torch.equal(method.train().view(batch.inputs), batch.inputs)  # views come mixed: not mixed again
+    # Without teacher_views the teacher runs live on fresh mixtures; other methods still need augmentation.
+    live = build_config(run_config(tmp_path / "live", distill={"teacher": str(teacher_run),
+                                                               "method": "function_matching"}))
+    assert transfer_plan(live, data, teachers, teacher).teacher_logits is None
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "hinton.yaml", run_config(
+        tmp_path / "hinton", distill={"teacher": str(teacher_run), "method": "hinton", "teacher_views": 2}))),
+        "data.augment is off")

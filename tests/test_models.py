@@ -29,7 +29,7 @@ SMALL_SPECS = {
 
 
 def test_registry_names_the_zoo():
-    assert MODELS.names() == ["cnn", "huggingface", "mlp", "resnet"]
+    assert MODELS.names() == ["causal_lm", "cnn", "huggingface", "mlp", "resnet", "sequence_classifier"]
 
 
 @pytest.mark.parametrize("name", sorted(SMALL_SPECS))

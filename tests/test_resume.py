@@ -41,7 +41,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_run(resumed: Path, reference: Path, files=("model.safetensors", "last.safetensors")) -> None:
-    """The same weights bit for bit (best and last), and the same metrics except for the epochs' wall time."""
+    """The same weights bit for bit (best and last), and the same metrics except for timings (wall time, speed)."""
     for name in files:
         ours, theirs = weights(resumed / name), weights(reference / name)
         assert ours.keys() == theirs.keys()
@@ -50,7 +50,8 @@ def assert_same_run(resumed: Path, reference: Path, files=("model.safetensors", 
 
     def records(run: Path) -> list[dict]:
         lines = (run / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"} for line in lines]
+        return [{k: v for k, v in json.loads(line).items() if k not in ("epoch_time_s", "train/tokens_per_s")}
+                for line in lines]
 
     assert records(resumed) == records(reference)
     assert not (resumed / "state").exists(), "a finished run keeps no training state"

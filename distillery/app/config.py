@@ -42,7 +42,8 @@ class RunConfig(Strict):
         if self.transfer is not None and self.distill is None and not self.transfer.labels:
             raise ValueError("transfer.labels: false leaves only soft targets, which need a teacher; add a distill: "
                              "section (without one, transfer: chooses the labelled samples a student trains on)")
-        if self.distill is not None and self.distill.teacher_views and not self.data.augment.enabled:
+        mixes = self.distill is not None and self.distill.method == "function_matching" and self.distill.mix != "none"
+        if self.distill is not None and self.distill.teacher_views and not self.data.augment.enabled and not mixes:
             raise ValueError("teacher_views fixes augmented views, but data.augment is off, so the teacher's outputs "
                              "are cached for the plain inputs anyway; remove distill.teacher_views")
         if self.transfer is not None and not self.transfer.labels and self.distill.alpha not in (None, 0.0):

@@ -5,6 +5,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+# Sources of text, which the language pipeline reads (app/language_tasks.py) instead of the image and table one.
+TEXT_DATASETS = ("text", "text_classification")
+
 
 class Strict(BaseModel):
     # A float setting of inf or nan (YAML's .inf, .nan) only ever ends in a non-finite loss: refused here.
@@ -60,11 +63,16 @@ class DataConfig(Strict):
     factory: Optional[str] = Field(None, description="python: package.module:function returning (train, test) "
                                                      "torch Datasets of (inputs, label)")
     factory_options: Optional[dict[str, Any]] = Field(None, description="python: the factory's keyword arguments")
+    tokenizer: Optional[str] = Field(None, description="text: a tokenizer folder, tokenizer.json or .gguf file (default: "
+                                                       "the teacher's)")
+    block_length: Optional[int] = Field(None, ge=2, description="text: the tokens a block predicts (128); "
+                                                                "text_classification: the tokens a text is cut to")
+    text_column: Optional[str] = Field(None, description="text_classification: the field or column of texts (text)")
 
     def source_options(self) -> dict[str, Any]:
         """The reader options that are set, by the names the readers take."""
         names = ("class_names", "image_size", "channels", "label_column", "image_column", "feature_columns", "test_path",
-                 "test_fraction", "layout", "factory", "factory_options")
+                 "test_fraction", "layout", "factory", "factory_options", "tokenizer", "block_length", "text_column")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
@@ -126,9 +134,11 @@ class TeacherSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="the factory's keyword arguments")
     weights: Optional[str] = Field(None, description="its weights: .safetensors, or a torch.save-d state dict")
     onnx: Optional[str] = Field(None, description="an .onnx model, run in ONNX Runtime")
-    huggingface: Optional[str] = Field(None, description="a folder of a transformers image classifier "
-                                                         "(save_pretrained); its preprocessor_config.json gives its "
-                                                         "preprocessing")
+    huggingface: Optional[str] = Field(None, description="a folder of a transformers model (save_pretrained): an image "
+                                                         "classifier, whose preprocessor_config.json gives its "
+                                                         "preprocessing, or, with text data, a causal language model")
+    gguf: Optional[str] = Field(None, description="text data: a causal language model in a .gguf file, dequantised "
+                                                  "to float32")
     outputs: Optional[str] = Field(None, description="its logits or probabilities per transfer sample: .npy or "
                                                      ".parquet")
     outputs_kind: Literal["auto", "logits", "probabilities"] = "auto"
@@ -141,9 +151,10 @@ class TeacherSpec(Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> "TeacherSpec":
-        kinds = [name for name in ("factory", "onnx", "huggingface", "outputs") if getattr(self, name) is not None]
+        kinds = [name for name in ("factory", "onnx", "huggingface", "gguf", "outputs")
+                 if getattr(self, name) is not None]
         if len(kinds) != 1:
-            raise ValueError("a teacher spec names exactly one of factory (with weights), onnx, huggingface or "
+            raise ValueError("a teacher spec names exactly one of factory (with weights), onnx, huggingface, gguf or "
                              "outputs; "
                              f"this one names {', '.join(kinds) or 'none'}")
         if (self.factory is None) != (self.weights is None):
@@ -158,5 +169,5 @@ class TeacherSpec(Strict):
     @property
     def name(self) -> str:
         """How messages name this teacher: its factory, ONNX file or outputs file."""
-        return self.factory or self.onnx or self.huggingface or self.outputs
+        return self.factory or self.onnx or self.huggingface or self.gguf or self.outputs
 

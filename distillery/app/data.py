@@ -46,6 +46,16 @@ def seeded_subset(dataset: ArrayDataset, limit: int | None) -> ArrayDataset:
     return dataset.subset(torch.randperm(len(dataset), generator=generator)[:limit])
 
 
+def split_off_validation(dataset: Any, fraction: float) -> tuple[Any, Any]:
+    """``(train, val)``: a seeded ``fraction`` of any dataset with ``len`` and ``subset`` (token blocks, texts) held
+    out for validation, both in their original order; val is None for fraction 0 or a single sample."""
+    if fraction <= 0 or len(dataset) < 2:
+        return dataset, None
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    count = max(1, round(len(dataset) * fraction))
+    return dataset.subset(order[count:].sort().values), dataset.subset(order[:count].sort().values)
+
+
 def transfer_set(train: ArrayDataset, transfer: TransferConfig) -> ArrayDataset:
     """The training split, or another source's training data, restricted to the chosen classes."""
     if transfer.dataset is not None:
@@ -140,6 +150,11 @@ def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str 
         model, metadata = load_model("runs/distilled")
         test = checkpoint_data("runs/distilled", metadata).test
     """
+    if metadata.get("task") in ("language_model", "text_classification"):
+        raise CheckpointError(f"{path} is a {metadata['task'].replace('_', ' ')} run, read from text; evaluate, "
+                              "export and quantize take image and table classifiers: its test evaluation is in its "
+                              "evaluation.json, `distillery report` compares such runs and `distillery generate` "
+                              "shows a language model's text")
     recorded = metadata.get("dataset") or {}
     # The reader's options (image size, label column) recorded with the checkpoint: data, checked like a config.
     options = recorded.get("options") if dataset is None and isinstance(recorded.get("options"), dict) else {}

@@ -24,7 +24,7 @@ class DistillConfig(Strict):
     init_from_teacher: bool = Field(False, description="copy the (first) teacher's weights where names and shapes match")
     init_layer_map: Optional[dict[str, str]] = Field(None, description="student module path -> teacher module path")
     method: Literal["hinton", "logit_mse", "dkd", "dist", "fitnet", "attention", "deep_supervision", "mutual",
-                    "online", "function_matching"] = "hinton"
+                    "online", "function_matching", "token_kd"] = "hinton"
     temperature: Optional[float] = Field(None, gt=0.0, description="hinton 4, dkd 4, dist 1 when absent")
     alpha: Optional[float] = Field(None, ge=0.0, le=1.0, description="weight of the hard-label term (0.5)")
     standardize: Optional[bool] = Field(None, description="z-score logits before the soft loss")
@@ -37,7 +37,30 @@ class DistillConfig(Strict):
     tckd_weight: Optional[float] = Field(None, ge=0.0, description="dkd: target-class term weight")
     nckd_weight: Optional[float] = Field(None, ge=0.0, description="dkd: non-target-class term weight")
     warmup_epochs: Optional[int] = Field(None, ge=0, description="dkd: epochs over which the loss ramps in")
-    beta: Optional[float] = Field(None, ge=0.0, description="dist: inter-class relation weight")
+    beta: Optional[float] = Field(None, ge=0.0, description="dist: inter-class relation weight; token_kd with "
+                                                            "divergence jsd: the mixture's teacher weight (0.5)")
+    divergence: Optional[Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "total_variation"]] = Field(
+        None, description="token_kd: the divergence between the teacher's and student's next-token distributions "
+                          "(forward_kl)")
+    top_k: Optional[int] = Field(
+        None, ge=1, description="token_kd: learn the teacher's top k next-token probabilities and one bucket for the "
+                                "rest, computed once and memory-mapped (teacher_cache auto) or live (off)")
+    on_policy: Optional[float] = Field(
+        None, ge=0.0, le=1.0, description="token_kd: GKD's lambda, the share of batches whose continuations the "
+                                          "student samples and the teacher scores (0)")
+    sample_temperature: Optional[float] = Field(None, ge=0.0, description="token_kd with on_policy: the student's "
+                                                                          "sampling temperature (1; 0 greedy)")
+    sample_tokens: Optional[int] = Field(None, ge=1, description="token_kd with on_policy: the most tokens the "
+                                                                 "student writes (to the block's end)")
+    prompt_tokens: Optional[int] = Field(None, ge=1, description="token_kd with on_policy on packed text: the "
+                                                                 "tokens kept as the prompt (half the block)")
+    hidden_weight: Optional[float] = Field(None, ge=0.0, description="token_kd: weight of hidden-state matching "
+                                                                     "through learned projections (0: off)")
+    hidden_map: Optional[dict[int, int]] = Field(None, description="token_kd: student -> teacher hidden-state index "
+                                                                   "(0 embeddings, i block i; default: each student "
+                                                                   "block to the teacher block it started from)")
+    skew: Optional[float] = Field(None, ge=0.0, le=1.0, description="token_kd with skew_kl: the teacher's share of the "
+                                                                     "skewed mixture (0.1)")
     gamma: Optional[float] = Field(None, ge=0.0, description="dist: intra-class relation weight")
     student_layer: Optional[str] = Field(None, description="fitnet: the student module whose output is hinted")
     teacher_layer: Optional[str] = Field(None, description="fitnet: the teacher module giving the hint")

@@ -7,6 +7,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
+from distillery.app.config import RunConfig
 from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine import Trainer, build_optimizer, build_scheduler, compile_student, peer_record, resolve_device
 from distillery.engine.distributed import setup_distributed
@@ -88,6 +89,18 @@ def fit_method(method: Method, train_data: Any, val_data: Any = None, *, epochs:
                              metrics=best.metrics, best_epoch=best.epoch)
     return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics,
                   best_epoch=fitted.best_epoch, peers=peers)
+
+
+def fit_configured(config: RunConfig, method: Method, train_batches: Iterable, val_batches: Iterable | None, *,
+                   description: str, on_epoch_end=None, resume=None, checkpointer=None) -> Result:
+    """:func:`fit_method` with the optimiser, schedule, precision and device a run config's ``train:`` section and
+    ``seed``, ``device`` and ``progress`` give: how every config-driven run fits."""
+    train = config.train
+    return fit_method(method, train_batches, val_batches, epochs=train.epochs, lr=train.lr, optimizer=train.optimizer,
+                      weight_decay=train.weight_decay, momentum=train.momentum, schedule=train.schedule,
+                      seed=config.seed, device=config.device, progress=config.progress, precision=train.precision,
+                      compile=train.compile, grad_clip=train.grad_clip, on_epoch_end=on_epoch_end,
+                      description=description, resume=resume, checkpointer=checkpointer)
 
 
 def _steps_per_epoch(batches: Iterable, schedule: str) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from distillery.app.config import RunConfig
-from distillery.app.fit import fit_method
+from distillery.app.fit import fit_configured
 from distillery.app.method import build_method, peer_architectures
 from distillery.app.resume import checkpointer_for, start_or_resume
 from distillery.app.teachers import teachers_and_data
@@ -54,16 +54,12 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, resume: bool = F
 
     # Fit, writing each epoch's record and last weights as it goes.
     writer = RunWriter(run_dir, metadata, peers)
-    train = config.train
     try:
-        result = fit_method(method, plan.batches, BatchIterator(data.val, 512) if data.val is not None else None,
-                            epochs=train.epochs, lr=train.lr, optimizer=train.optimizer,
-                            weight_decay=train.weight_decay, momentum=train.momentum, schedule=train.schedule,
-                            seed=config.seed, device=config.device, progress=config.progress,
-                            precision=train.precision, compile=train.compile, grad_clip=train.grad_clip,
-                            on_epoch_end=writer.after_epoch if context.is_main else None,
-                            description=metadata["role"], resume=saved,
-                            checkpointer=checkpointer_for(config, run_dir, saved, context))
+        result = fit_configured(config, method, plan.batches,
+                                BatchIterator(data.val, 512) if data.val is not None else None,
+                                on_epoch_end=writer.after_epoch if context.is_main else None,
+                                description=metadata["role"], resume=saved,
+                                checkpointer=checkpointer_for(config, run_dir, saved, context))
     except NumericalError as error:
         last = run_dir.path / "last.safetensors"
         kept = f"; the last finished epoch is in {last}" if last.is_file() else "; no epoch had finished"

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from distillery.app.born_again import run_born_again
 from distillery.app.config import RunConfig
+from distillery.app.language_pipeline import run_language_model
+from distillery.app.language_tasks import is_text_run
 from distillery.app.pipeline import run_pipeline
 from distillery.app.resume import refuse_born_again
 
@@ -26,4 +28,6 @@ def run(config: RunConfig, *, overwrite: bool = False, resume: bool = False) -> 
         refuse_born_again(config, config.output_dir)
     if config.distill is not None and config.distill.generations is not None:
         return run_born_again(config, overwrite=overwrite)
+    if is_text_run(config):
+        return run_language_model(config, overwrite=overwrite, resume=resume)
     return run_pipeline(config, overwrite=overwrite, resume=resume)

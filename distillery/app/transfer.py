@@ -16,13 +16,14 @@ import torch
 from torch import nn
 
 from distillery.app.config import RunConfig
+from distillery.app.config_sections import TEXT_DATASETS
 from distillery.app.data import PreparedData, label_options
 from distillery.app.teachers import teacher_feature_paths, teachers_and_data
 from distillery.data import ArrayDataset, Augmentation, BatchIterator
 from distillery.data.views import ViewBatches, augmented_views, view_description
 from distillery.engine import resolve_device
 from distillery.errors import ConfigError
-from distillery.methods import Method, method_uses_teacher_features, method_uses_teacher_logits
+from distillery.methods import Method, method_default, method_uses_teacher_features, method_uses_teacher_logits
 from distillery.teachers.cache import cached_teacher_logits
 from distillery.teachers.feature_cache import cached_teacher_outputs
 from distillery.teachers.from_config import LoadedTeacher
@@ -64,24 +65,26 @@ def plan_transfer(train: ArrayDataset, teacher: nn.Module | None, *, augmentatio
                   teacher_table: bool, cache: str = "auto", views: int | None = None,
                   preprocessing: dict[str, Any] | None = None, cache_dir: Path | None = None,
                   rebuild: bool = False, teacher_layers: Sequence[str] = (),
-                  feature_budget_mb: float = 1024.0) -> TransferPlan:
+                  feature_budget_mb: float = 1024.0, mix: str | None = None) -> TransferPlan:
     """The student's batches, and the teacher's logits table when ``teacher_table`` (the method can use one).
 
     ``cache``: "auto" (a shared cache directory, entries named by fingerprint), "off" (computed in
     memory for this run only) or a file path stem (used only if its fingerprint matches).
     ``teacher_layers``: module paths of the teacher features the method reads; their outputs are cached
     too (up to ``feature_budget_mb`` megabytes), and with ``cache`` "off" the teacher runs live.
+    ``mix`` ("mixup"): the ``views`` are mixed too (function matching), so they differ even without augmentation.
     """
     live = BatchIterator(train, batch_size, shuffle=True, seed=seed, augmentation=augmentation,
                          transform=transform, **label_options)
-    if teacher is None or not teacher_table or (augmentation.enabled and not views):
+    mixed = mix not in (None, "none")
+    if teacher is None or not teacher_table or ((augmentation.enabled or mixed) and not views):
         return TransferPlan(live)
-    if augmentation.enabled:
-        view_sets = augmented_views(train, augmentation, views, seed)
+    if augmentation.enabled or mixed:
+        view_sets = augmented_views(train, augmentation, views, seed, mix)
         batches: Iterable = ViewBatches(view_sets, batch_size, shuffle=True, seed=seed, transform=transform,
                                         **label_options)
         ordered: Iterable = _offset_batches(view_sets, transform)  # read once, and only if not cached
-        size, view = len(train) * views, [view_description(augmentation, seed, v) for v in range(views)]
+        size, view = len(train) * views, [view_description(augmentation, seed, v, mix) for v in range(views)]
     else:
         batches, ordered = live, BatchIterator(train, 512, transform=transform)
         size, view = len(train), None
@@ -125,7 +128,15 @@ def transfer_plan(config: RunConfig, data: PreparedData, teachers: list[LoadedTe
                              data.normalizer, [loaded.metadata.get("preprocessing") for loaded in teachers]),
                          rebuild=rebuild,
                          teacher_layers=teacher_feature_paths(config, teacher) if uses_features else (),
-                         feature_budget_mb=distill.feature_cache_mb if distill else 0.0)
+                         feature_budget_mb=distill.feature_cache_mb if distill else 0.0,
+                         mix=_views_mix(distill))
+
+
+def _views_mix(distill) -> str | None:
+    """How function matching mixes its views (mixup by default); None for every other method."""
+    if distill is None or distill.method != "function_matching":
+        return None
+    return distill.mix or method_default("function_matching", "mix")
 
 
 def given_outputs_plan(config: RunConfig, data: PreparedData, teacher: OutputsTable, logit_method: bool
@@ -150,6 +161,9 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
         print(build_teacher_cache(load_config("configs/fashion_mnist_distill.yaml")))
     """
     distill = config.distill
+    if config.data.dataset in TEXT_DATASETS:
+        raise ConfigError("a text run builds its teacher cache itself: distill.top_k computes the teacher's top-k "
+                          "targets once, when the run starts")
     if distill is None or not distill.teacher:
         raise ConfigError("a teacher cache needs a distill: section that names a teacher")
     if distill.teacher_cache == "off":
@@ -175,7 +189,8 @@ def run_teacher_once(method: Method, teacher: nn.Module, train_data: Any, device
         dataset, transform = train_data.dataset, train_data.transform
     else:
         return
-    if hasattr(method, "use_precomputed_teacher_logits"):
+    # Function matching mixes each batch anew: its teacher must see those mixtures, not the plain samples.
+    if hasattr(method, "use_precomputed_teacher_logits") and not getattr(method, "mixes_batches", False):
         teacher.to(resolve_device(device))
         method.use_precomputed_teacher_logits(
             precompute_logits(teacher, BatchIterator(dataset, 512, transform=transform), len(dataset)))

@@ -20,28 +20,42 @@ from distillery.errors import ConfigError
 CHUNK = 4096  # images augmented at once: bounded memory, whole-tensor speed
 
 
-def augmented_views(dataset: ArrayDataset, augmentation: Augmentation, count: int, seed: int) -> list[ArrayDataset]:
+def augmented_views(dataset: ArrayDataset, augmentation: Augmentation, count: int, seed: int,
+                    mix: str | None = None) -> list[ArrayDataset]:
     """``count`` augmented copies of ``dataset``; view v is drawn from a generator seeded with (seed, v).
+
+    With ``mix="mixup"`` a view is also mixed: every sample i blended with a partner j (a seeded permutation of the
+    whole set) as ``λ_i · x_i + (1 − λ_i) · x_j``, ``λ_i ~ U[0, 1]``, both augmented in that view: the view fixes the
+    augmentation draw, the mixup partner and the weight, so a teacher's outputs on it can be cached (function
+    matching with cached views).
 
     Example::
 
-        views = augmented_views(train, Augmentation(shift=2, flip=True), count=4, seed=0)
+        views = augmented_views(train, Augmentation(shift=2, flip=True), count=4, seed=0, mix="mixup")
     """
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"the number of augmented views must be a whole number >= 1, got {count!r}")
+    if mix not in (None, "none", "mixup"):
+        raise ConfigError(f"cached views hold mixup or no mix, not {mix!r}; {mix} runs live (remove teacher_views)")
     views = []
     for view in range(count):
         generator = torch.Generator().manual_seed(seed * 1000003 + view)
         chunks = [augmentation(dataset.inputs[start:start + CHUNK], generator)
                   for start in range(0, len(dataset), CHUNK)]
-        views.append(ArrayDataset(torch.cat(chunks), dataset.labels, dataset.class_names,
-                                  f"{dataset.source} (view {view})"))
+        inputs = torch.cat(chunks)
+        if mix == "mixup":
+            weights = torch.rand(len(inputs), *([1] * (inputs.dim() - 1)), generator=generator)
+            inputs = weights * inputs + (1 - weights) * inputs[torch.randperm(len(inputs), generator=generator)]
+        views.append(ArrayDataset(inputs, dataset.labels, dataset.class_names, f"{dataset.source} (view {view})"))
     return views
 
 
-def view_description(augmentation: Augmentation, seed: int, view: int) -> dict[str, Any]:
+def view_description(augmentation: Augmentation, seed: int, view: int, mix: str | None = None) -> dict[str, Any]:
     """What a view's images depend on besides the dataset: part of its cache fingerprint."""
-    return {"augmentation": repr(augmentation), "seed": seed, "view": view}
+    description = {"augmentation": repr(augmentation), "seed": seed, "view": view}
+    if mix not in (None, "none"):
+        description["mix"] = mix
+    return description
 
 
 class ViewBatches:

@@ -17,6 +17,7 @@ from distillery.output_dir import check_claimable, claim_output_dir, is_claimabl
 
 # Written first into every run directory: what marks a folder as a run's, whose files a run may replace.
 MARKER = ".distillery-run"
+TOKENIZER_DIR = "tokenizer"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.safetensors", "model.json", "last.safetensors", "last.json",
              "evaluation.json")
 
@@ -75,8 +76,9 @@ class RunDirectory:
     def _clear_files(self) -> None:
         for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
-        # A new run must never be resumed from an earlier run's training state.
+        # A new run must never be resumed from an earlier run's training state, nor read its tokenizer.
         shutil.rmtree(self.path / "state", ignore_errors=True)
+        shutil.rmtree(self.path / TOKENIZER_DIR, ignore_errors=True)
         # Only our own files go, so a folder of the user's inside peers/ survives.
         peers = self.path / "peers"
         for peer_dir in sorted(peers.iterdir() if peers.is_dir() else []):
@@ -97,6 +99,17 @@ class RunDirectory:
 
     def save_model(self, stem: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
         return save_checkpoint(self.path / stem, model, metadata)
+
+    def save_tokenizer(self, tokenizer: Any) -> Path:
+        """A language model's tokenizer in ``tokenizer/`` (``save_pretrained``), written beside and renamed into
+        place, so the folder is whole or absent."""
+        target = self.path / TOKENIZER_DIR
+        temporary = self.path / (TOKENIZER_DIR + ".tmp")
+        shutil.rmtree(temporary, ignore_errors=True)
+        tokenizer.save_pretrained(str(temporary))
+        shutil.rmtree(target, ignore_errors=True)
+        temporary.rename(target)
+        return target
 
     def write_evaluation(self, evaluation: dict[str, Any]) -> None:
         atomic_write_text(self.path / "evaluation.json", json.dumps(evaluation, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -94,12 +95,15 @@ class Trainer:
         bar = tqdm(itertools.islice(batches, progress.step, None), desc=f"{self.description} {epoch}/{self.epochs}",
                    disable=not self.progress, leave=False, file=sys.stderr, dynamic_ncols=True,
                    initial=progress.step, total=total)
+        tokens, started = 0, time.perf_counter()
         for batch in bar:
-            output, batch_size = self._step(batch, batches, epoch, progress.step + 1)
+            output, batch_size, positions = self._step(batch, batches, epoch, progress.step + 1)
             progress.add(output, batch_size)
             self.global_step += 1
+            tokens += positions
             if self.progress:
-                bar.set_postfix(loss=f"{output.loss.item():.4f}", refresh=False)
+                speed = {"tok/s": f"{tokens / (time.perf_counter() - started):.0f}"} if tokens else {}
+                bar.set_postfix(loss=f"{output.loss.item():.4f}", **speed, refresh=False)
             if checkpointer is not None:
                 checkpointer.after_step(epoch, progress)
         sums = self.distributed.sum_over_ranks(
@@ -108,11 +112,16 @@ class Trainer:
         seen = sums.pop("samples")
         if seen == 0:
             raise DataError("the training data yielded no batches")
-        return {name: total / seen for name, total in sums.items()}
+        record = {name: total / seen for name, total in sums.items()}
+        if tokens:  # sequence batches: how many counted tokens this process trained on per second
+            record["train/tokens_per_s"] = tokens / (time.perf_counter() - started)
+        return record
 
-    def _step(self, batch: Any, batches: Iterable, epoch: int, step: int) -> tuple["StepOutput", int]:
-        """One optimiser step; returns the step's output and its batch size (under torchrun, its weighted share)."""
+    def _step(self, batch: Any, batches: Iterable, epoch: int, step: int) -> tuple["StepOutput", int, int]:
+        """One optimiser step; returns the step's output, its batch size (under torchrun, its weighted share) and
+        the positions it counted (0 for batches of one prediction per sample)."""
         batch = as_batch(batch).to(self.device, non_blocking=True)
+        positions = int(batch.mask.sum()) if batch.mask is not None and batch.mask.dim() > 1 else 0
         with autocast(self.device, self.precision):
             output = self._forward(batch)
         check_finite(output, epoch, step)  # one host sync per step: the price of stopping before the update
@@ -124,7 +133,7 @@ class Trainer:
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
-        return output, batch_size
+        return output, batch_size, positions
 
     def _validate_all(self, val_batches: Iterable) -> dict[str, float]:
         metrics = validate(self.method.student, val_batches, self.device, self.distributed)
@@ -135,15 +144,18 @@ class Trainer:
 
     def _summary(self, record: dict[str, Any]) -> str:
         parts = [f"{self.description} epoch {record['epoch']}/{self.epochs}", f"loss {record['train/loss']:.4f}"]
-        if "val/accuracy" in record:
+        if "val/perplexity" in record:
+            parts.append(f"val perplexity {record['val/perplexity']:.2f}")
+        elif "val/accuracy" in record:
             parts.append(f"val accuracy {record['val/accuracy']:.2%}")
             parts += [f"{name} {record[f'val/{name}/accuracy']:.2%}" for name in self.method.peer_models()]
         parts.append(f"{record['epoch_time_s']:.1f} s")
         return " | ".join(parts)
 
     def _keep_if_best(self, result: FitResult, record: dict[str, Any]) -> None:
-        # Without validation data the last epoch counts as the best.
-        score = record.get("val/accuracy", float(record["epoch"]))
+        # Without validation data the last epoch counts as the best; a language model's best has the lowest perplexity.
+        score = -record["val/perplexity"] if "val/perplexity" in record else record.get("val/accuracy",
+                                                                                         float(record["epoch"]))
         if score >= result.best_score:
             result.best_score = score
             result.best_epoch = record["epoch"]
@@ -190,12 +202,14 @@ def validate(model: torch.nn.Module, batches: Iterable, device: torch.device,
              distributed: DistributedContext = SINGLE_PROCESS) -> dict[str, float]:
     """Accuracy and cross-entropy on labelled batches, with the model in eval mode; summed over processes.
 
-    Sequence batches count every position their mask keeps and that has a label (>= 0).
+    Sequence batches count every position their mask keeps and that has a label (>= 0), and add the
+    perplexity, exp of the mean cross-entropy per token.
     """
     was_training = model.training
     model.eval()
-    correct, loss_sum, seen = 0, 0.0, 0
+    correct, loss_sum, seen, sequences = 0, 0.0, 0, False
     for batch in map(as_batch, batches):
+        sequences = sequences or batch.labels is not None and batch.labels.dim() > 1
         if batch.labels is None:
             raise DataError("validation data needs labels")
         batch = batch.to(device)
@@ -209,5 +223,8 @@ def validate(model: torch.nn.Module, batches: Iterable, device: torch.device,
     if sums["seen"] == 0:
         raise DataError("the validation data yielded no batches")
     # The count, so a difference of two validation accuracies can be told from noise (distillery.eval.noise).
-    return {"val/accuracy": sums["correct"] / sums["seen"], "val/loss": sums["loss"] / sums["seen"],
-            "val/samples": int(sums["seen"])}
+    metrics = {"val/accuracy": sums["correct"] / sums["seen"], "val/loss": sums["loss"] / sums["seen"],
+               "val/samples": int(sums["seen"])}
+    if sequences:  # next-token prediction: the cross-entropy per token as a perplexity
+        metrics["val/perplexity"] = math.exp(metrics["val/loss"])
+    return metrics

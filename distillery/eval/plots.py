@@ -26,7 +26,7 @@ from distillery.eval.run_record import RunRecord, is_number, nested  # noqa: E40
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-_LINE_STYLES = ["-", "--", ":", "-."]
+LINE_STYLES = ["-", "--", ":", "-."]
 MAX_MARKER_AREA = 1200.0  # pt², given to the largest model in the scatter
 MIN_MARKER_AREA = 25.0  # keeps a tiny student visible next to a huge teacher
 _DPI = 120
@@ -40,15 +40,12 @@ def plot_learning_curves(runs: Sequence[RunRecord], path: str | Path) -> Path:
 
     Example: ``plot_learning_curves([load_run("runs/kd")], "out/learning_curves.png")``
     """
-    colors = _run_colors(runs)
+    colors = run_colors(runs)
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
-    parts = _train_parts(runs)
+    parts = train_parts(runs)
+    draw_loss_parts(loss_ax, runs, colors, parts)
     for run, color in zip(runs, colors):
         epochs = [row.get("epoch", index + 1) for index, row in enumerate(run.history)]
-        for part, style in zip(parts, _cycle(_LINE_STYLES, len(parts))):
-            points = [(epoch, row[part]) for epoch, row in zip(epochs, run.history) if is_number(row.get(part))]
-            if points:
-                loss_ax.plot(*zip(*points), linestyle=style, color=color, marker="o", markersize=3)
         points = [
             (epoch, 100 * row["val/accuracy"])
             for epoch, row in zip(epochs, run.history)
@@ -56,8 +53,8 @@ def plot_learning_curves(runs: Sequence[RunRecord], path: str | Path) -> Path:
         ]
         if points:
             val_ax.plot(*zip(*points), color=color, marker="o", markersize=3)
-    _label_axes(loss_ax, "Training loss by part", "loss (epoch mean)")
-    _label_axes(val_ax, "Validation accuracy", "accuracy (%)")
+    label_axes(loss_ax, "Training loss by part", "loss (epoch mean)")
+    label_axes(val_ax, "Validation accuracy", "accuracy (%)")
     if not parts:
         _say_empty(loss_ax, "no train/… metrics logged")
     if not any(is_number(row.get("val/accuracy")) for run in runs for row in run.history):
@@ -65,11 +62,11 @@ def plot_learning_curves(runs: Sequence[RunRecord], path: str | Path) -> Path:
     # Legends sit outside the axes so they never hide a curve: colours name runs, line styles name loss parts.
     style_handles = [
         Line2D([], [], color="black", linestyle=style, label=part.removeprefix("train/"))
-        for part, style in zip(parts, _cycle(_LINE_STYLES, len(parts)))
+        for part, style in zip(parts, cycle(LINE_STYLES, len(parts)))
     ]
     if style_handles:
         loss_ax.legend(handles=style_handles, title="loss part", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.legend(handles=_run_handles(runs, colors), title="run", loc="outside lower center", ncols=max(1, min(len(runs), 5)))
+    fig.legend(handles=run_handles(runs, colors), title="run", loc="outside lower center", ncols=max(1, min(len(runs), 5)))
     return save_figure(fig, path)
 
 
@@ -78,7 +75,7 @@ def plot_comparison(runs: Sequence[RunRecord], path: str | Path) -> Path:
 
     Example: ``plot_comparison([teacher, student], "out/comparison.png")``
     """
-    colors = _run_colors(runs)
+    colors = run_colors(runs)
     fig, (bar_ax, scatter_ax) = plt.subplots(1, 2, figsize=(11, 4.4), layout="constrained")
     accuracies = [_accuracy_percent(run) for run in runs]
     positions = range(len(runs))
@@ -111,7 +108,7 @@ def plot_reliability(runs: Sequence[RunRecord], path: str | Path) -> Path:
         rows, columns, figsize=(3.2 * columns, 3.4 * rows + 0.4), layout="constrained", squeeze=False
     )
     flat_axes = list(axes.flat)
-    for run, color, ax in zip(runs, _run_colors(runs), flat_axes):
+    for run, color, ax in zip(runs, run_colors(runs), flat_axes):
         _draw_reliability(ax, run, color)
     for ax in flat_axes[len(runs):]:
         ax.set_visible(False)
@@ -216,6 +213,16 @@ def _draw_reliability(ax, run: RunRecord, color) -> None:
         _say_empty(ax, "no reliability data")
 
 
+def draw_loss_parts(ax, runs: Sequence[RunRecord], colors: list, parts: list[str]) -> None:
+    """Each run's training loss parts per epoch on ``ax``: one colour per run, one line style per part."""
+    for run, color in zip(runs, colors):
+        epochs = [row.get("epoch", index + 1) for index, row in enumerate(run.history)]
+        for part, style in zip(parts, cycle(LINE_STYLES, len(parts))):
+            points = [(epoch, row[part]) for epoch, row in zip(epochs, run.history) if is_number(row.get(part))]
+            if points:
+                ax.plot(*zip(*points), linestyle=style, color=color, marker="o", markersize=3)
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write the figure via a temporary file so a crash never leaves a truncated PNG behind."""
     try:
@@ -224,25 +231,26 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
         plt.close(fig)
 
 
-def _train_parts(runs: Sequence[RunRecord]) -> list[str]:
-    """Every ``train/…`` key in order of first appearance, the total loss first."""
+def train_parts(runs: Sequence[RunRecord]) -> list[str]:
+    """Every ``train/…`` loss key in order of first appearance, the total loss first (speeds are not losses)."""
     parts: list[str] = []
     for run in runs:
         for row in run.history:
-            parts.extend(key for key in row if key.startswith("train/") and key not in parts)
+            parts.extend(key for key in row if key.startswith("train/") and key not in parts
+                         and key != "train/tokens_per_s")
     return sorted(parts, key=lambda part: part != "train/loss")
 
 
-def _run_colors(runs: Sequence[RunRecord]) -> list:
+def run_colors(runs: Sequence[RunRecord]) -> list:
     palette = plt.get_cmap("tab10").colors
     return [palette[index % len(palette)] for index in range(len(runs))]
 
 
-def _run_handles(runs, colors) -> list[Line2D]:
+def run_handles(runs, colors) -> list[Line2D]:
     return [Line2D([], [], color=color, marker="o", label=run.name) for run, color in zip(runs, colors)]
 
 
-def _label_axes(ax, title: str, ylabel: str) -> None:
+def label_axes(ax, title: str, ylabel: str) -> None:
     ax.set_title(title)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
@@ -254,7 +262,7 @@ def _say_empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center", color="gray")
 
 
-def _cycle(items: list, length: int) -> list:
+def cycle(items: list, length: int) -> list:
     return [items[index % len(items)] for index in range(length)]
 
 

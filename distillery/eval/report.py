@@ -13,6 +13,7 @@ from pathlib import Path
 from distillery.atomic import atomic_write_text
 from distillery.errors import DistilleryError
 from distillery.eval.confusion_plot import confusion_of, plot_confusion
+from distillery.eval.language_report import is_language_run, write_language_report
 from distillery.eval.latency import environment_difference, unstable_reason
 from distillery.eval.noise import accuracy_difference
 from distillery.eval.per_class import per_class_html, per_class_markdown
@@ -58,14 +59,22 @@ def write_report(
 
     Returns the paths by key: markdown, html, learning_curves, comparison, reliability, and confusion (a
     confusion matrix per run, written only when some run's evaluation.json records one). Both documents hold
-    a per-class accuracy table when some run records per-class results. Raises DistilleryError for no runs
-    or a directory that is not a finished run.
+    a per-class accuracy table when some run records per-class results. Language-model runs (all given runs
+    must be) get their own report: perplexity, next-token accuracy, agreement, each distilled run against the
+    one trained on the text alone with a paired interval over test blocks, learning curves and perplexity.png.
+    Raises DistilleryError for no runs, a mix of the two kinds, or a directory that is not a finished run.
     Example: ``write_report(["runs/teacher", "runs/scratch", "runs/kd"], "runs/report")["html"]``
     """
     if not run_dirs:
         raise DistilleryError("no run directories given; pass at least one directory written by `distillery train/distill`")
     runs = [load_run(run_dir) for run_dir in run_dirs]
+    language = [is_language_run(run) for run in runs]
+    if any(language) and not all(language):
+        raise DistilleryError("a report compares language-model runs with each other, not with classifiers; "
+                              "give the language-model runs alone")
     output_dir = claim_output_dir(output_dir, ".distillery-report", "report")  # never a folder of the user's
+    if all(language):
+        return write_language_report(runs, output_dir, title)
     figures = _figures(runs)
     paths = {key: _PLOTTERS[key](runs, output_dir / file_name) for key, file_name, _ in figures}
     paths["markdown"] = atomic_write_text(output_dir / "report.md", _render_markdown(runs, title, figures))

@@ -14,6 +14,7 @@ from distillery.methods.modern import DIST, DecoupledKD
 from distillery.methods.online import MutualLearning, OnlineDistillation
 from distillery.methods.soft_targets import HintonDistillation, LogitMatching
 from distillery.methods.supervised import Supervised
+from distillery.methods.token_kd import TokenDistillation
 
 __all__ = [
     "AttentionTransfer",
@@ -30,6 +31,7 @@ __all__ = [
     "OnlineDistillation",
     "StepOutput",
     "Supervised",
+    "TokenDistillation",
     "create_method",
     "method_accepts",
     "method_default",

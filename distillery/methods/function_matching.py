@@ -65,10 +65,22 @@ class FunctionMatching(Method):
         self.add_teacher("teacher", teacher)
         self.temperature = temperature
         self.mix = mix
+        self.precomputed_teacher_logits = None
+
+    @property
+    def mixes_batches(self) -> bool:
+        """Whether each training batch is mixed anew, so a teacher's outputs on the plain samples would be wrong."""
+        return self.mix != "none"
+
+    def use_precomputed_teacher_logits(self, logits) -> None:
+        """Read the teacher's logits by sample index from cached views (``distill.teacher_views``): the batches are
+        then those views, already augmented and mixed, and are not mixed again."""
+        self.precomputed_teacher_logits = logits
 
     def view(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The batch as both models see it: mixed while training, as it is in eval mode."""
-        if not self.training or self.mix == "none":
+        """The batch as both models see it: mixed while training (unless its views come mixed from the cache), as
+        it is in eval mode."""
+        if not self.training or self.mix == "none" or self.precomputed_teacher_logits is not None:
             return inputs
         if isinstance(inputs, Mapping):
             raise ConfigError("function matching mixes input tensors; these inputs are a mapping (tokens): "
@@ -77,8 +89,13 @@ class FunctionMatching(Method):
 
     def step(self, batch: Batch) -> StepOutput:
         inputs = self.view(batch.inputs)
-        with torch.no_grad():
-            teacher_logits = model_logits(self.teacher, inputs)
+        if self.precomputed_teacher_logits is not None:
+            if batch.indices is None:
+                raise ValueError("cached teacher views need the batches' sample indices")
+            teacher_logits = self.precomputed_teacher_logits[batch.indices].to(batch.device, torch.float32)
+        else:
+            with torch.no_grad():
+                teacher_logits = model_logits(self.teacher, inputs)
         student_logits = model_logits(self.student, inputs)
         student_rows, teacher_rows = counted_positions(batch.mask, student_logits, teacher_logits)
         loss = soft_target_kl(student_rows, teacher_rows, self.temperature)

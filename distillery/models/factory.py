@@ -13,6 +13,7 @@ from distillery.errors import ConfigError, ModelError
 from distillery.imports import import_function
 from distillery.models.huggingface import huggingface
 from distillery.models.resnet import resnet
+from distillery.models.text_transformers import causal_lm, sequence_classifier
 from distillery.models.zoo import cnn, mlp
 from distillery.registry import Registry
 
@@ -21,6 +22,8 @@ MODELS.register("mlp")(mlp)
 MODELS.register("cnn")(cnn)
 MODELS.register("resnet")(resnet)
 MODELS.register("huggingface")(huggingface)
+MODELS.register("causal_lm")(causal_lm)
+MODELS.register("sequence_classifier")(sequence_classifier)
 
 # Set from the data, never from the spec, for zoo models.
 _DATA_ARGUMENTS = ("input_shape", "num_classes")

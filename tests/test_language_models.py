@@ -1,0 +1,481 @@
+"""Language models through the same engine: text into token blocks, Hugging Face causal LMs as teachers and
+students, token-level distillation, perplexity, resume, generate, and the refusals (tokenizers, vocabularies)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cli_helpers import assert_ok, assert_user_error, invoke, write_yaml
+from language_models import TEXT, VOCABULARY, save_pretrained_model, tiny_config, train_tokenizer
+
+from distillery.data.text import load_text_blocks, pack_documents, prompt_completion_blocks
+from distillery.data.token_batches import IGNORED, TokenBatches
+from distillery.data.tokenizer import load_tokenizer
+from distillery.eval.perplexity import language_model_metrics
+from distillery.losses.tokens import token_loss
+from distillery.methods import TokenDistillation, create_method
+from distillery.models import build_model, initialize_from_teacher
+from distillery.models.text_transformers import every_kth_block_map
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def pretrained_teacher(tmp_path_factory, tokenizer_dir) -> Path:
+    """A user's pretrained model folder: a 3-block Llama-style model with its tokenizer beside it."""
+    folder = save_pretrained_model(tmp_path_factory.mktemp("teacher"), "llama", layers=3, width=48)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, folder)
+    return folder
+
+
+def lm_config(output_dir: Path, **sections) -> dict:
+    document = {"output_dir": str(output_dir),
+                "data": {"dataset": "text", "path": str(TEXT), "block_length": 32, "train_limit": 96},
+                "model": {"name": "causal_lm", "config": tiny_config("gpt2", layers=1, width=32)},
+                "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+                "measure_latency": False, "progress": False}
+    document.update(sections)
+    return document
+
+
+# ---------------------------------------------------------------- text into blocks
+
+
+def test_packed_blocks_overlap_by_one_so_every_token_is_predicted_once(tokenizer):
+    documents = ["In the beginning God created the heaven and the earth.\n", "And the earth was without form.\n"]
+    stream = []
+    for text in documents:
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    blocks = pack_documents(documents, tokenizer, 5, "two lines")
+    assert blocks.tokens.shape == ((len(stream) - 1) // 5, 6)
+    for row in range(len(blocks)):
+        assert blocks.tokens[row].tolist() == stream[row * 5: row * 5 + 6]
+    assert blocks.counted.all() and blocks.attention is None
+
+
+def test_prompt_completion_blocks_count_the_completion_only(tokenizer):
+    pairs = [("Who made the earth?", " God made it."), ("Q", " A")]
+    blocks = prompt_completion_blocks(pairs, tokenizer, 40, "pairs")
+    prompt = tokenizer(pairs[0][0], add_special_tokens=False)["input_ids"]
+    completion = tokenizer(pairs[0][1], add_special_tokens=False)["input_ids"]
+    ids = prompt + completion + [tokenizer.eos_token_id]
+    assert blocks.tokens[0, : len(ids)].tolist() == ids
+    # Position p predicts token p + 1: counted exactly where the predicted token belongs to the completion (or end).
+    assert len(ids) < 40
+    expected = [len(prompt) <= p + 1 < len(ids) for p in range(40)]
+    assert blocks.counted[0].tolist() == expected
+    assert blocks.attention[0].tolist() == [p < len(ids) - 1 for p in range(40)]
+    batch = next(iter(TokenBatches(blocks, 2)))
+    assert batch.labels[0][~blocks.counted[0]].eq(IGNORED).all()
+    assert batch.labels[0][blocks.counted[0]].tolist() == ids[len(prompt):]
+    assert set(batch.inputs) == {"input_ids", "attention_mask"}
+
+
+def test_a_prompt_that_fills_the_block_is_refused(tokenizer):
+    with pytest.raises(Exception, match="raise data.block_length"):
+        prompt_completion_blocks([("word " * 40, " end")], tokenizer, 8, "long.jsonl")
+
+
+def test_blocks_are_cached_by_text_tokenizer_and_length(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    first = load_text_blocks(TEXT, tokenizer, 32)
+    cached = list((tmp_path / "cache" / "tokens").iterdir())
+    assert len(cached) == 1
+    again = load_text_blocks(TEXT, tokenizer, 32)
+    assert torch.equal(first.tokens, again.tokens) and torch.equal(first.counted, again.counted)
+    load_text_blocks(TEXT, tokenizer, 16)
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2
+
+
+def test_batches_repeat_per_seed_and_epoch(tokenizer):
+    blocks = load_text_blocks(TEXT, tokenizer, 32, cache=False)
+    batches = TokenBatches(blocks, 8, shuffle=True, seed=3)
+    batches.set_epoch(2)
+    first = [batch.indices for batch in batches]
+    assert all(torch.equal(a, b) for a, b in zip(first, [batch.indices for batch in batches]))
+    batches.set_epoch(3)
+    assert not torch.equal(first[0], next(iter(batches)).indices)
+
+
+# ---------------------------------------------------------------- models, metrics, the method
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_token_kd_step_is_the_divergence_over_counted_tokens(family, tokenizer):
+    torch.manual_seed(0)
+    student = build_model({"name": "causal_lm", "config": tiny_config(family, layers=1)}, (16,), VOCABULARY)
+    teacher = build_model({"name": "causal_lm", "config": tiny_config(family, layers=2)}, (16,), VOCABULARY)
+    method = create_method("token_kd", student, teacher, divergence="forward_kl", temperature=2.0, alpha=0.25)
+    blocks = prompt_completion_blocks([("Who made the earth?", " God made it."), ("Q", " A long answer")],
+                                      tokenizer, 16, "pairs")
+    batch = next(iter(TokenBatches(blocks, 2)))
+    output = method.step(batch)
+    student_logits = student(**batch.inputs).logits.float()
+    teacher_logits = teacher(**batch.inputs).logits.float()
+    keep = batch.mask.reshape(-1)
+    s, t = student_logits.reshape(-1, VOCABULARY)[keep], teacher_logits.reshape(-1, VOCABULARY)[keep]
+    p = F.softmax(t / 2, -1)
+    kl = (p * (F.log_softmax(t / 2, -1) - F.log_softmax(s / 2, -1))).sum(-1).mean() * 4
+    ce = F.cross_entropy(s, batch.labels.reshape(-1)[keep])
+    assert torch.allclose(output.loss, 0.75 * kl + 0.25 * ce, atol=1e-5)
+    assert not any(parameter.requires_grad for parameter in method.teacher.parameters())
+
+
+def test_perplexity_is_exp_of_the_mean_cross_entropy_over_counted_tokens(tokenizer):
+    torch.manual_seed(1)
+    model = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=1)}, (16,), VOCABULARY)
+    blocks = prompt_completion_blocks([("Who", " made the earth"), ("And God said", " let there be light")],
+                                      tokenizer, 16, "pairs")
+    metrics = language_model_metrics(model, TokenBatches(blocks, 1))
+    losses, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for row in range(2):
+            logits = model(input_ids=blocks.tokens[row: row + 1, :-1],
+                           attention_mask=blocks.attention[row: row + 1].long()).logits[0]
+            keep = blocks.counted[row]
+            losses += F.cross_entropy(logits[keep], blocks.tokens[row, 1:][keep], reduction="sum").item()
+            count += int(keep.sum())
+    assert metrics["tokens"] == count
+    assert metrics["perplexity"] == pytest.approx(math.exp(losses / count), rel=1e-5)
+
+
+def test_a_student_starts_from_every_kth_teacher_block():
+    teacher = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=5)}, (16,), VOCABULARY)
+    student = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=3)}, (16,), VOCABULARY)
+    layer_map = every_kth_block_map(student, teacher)
+    assert layer_map == {"": "", "model.layers.0": "model.layers.0", "model.layers.1": "model.layers.2",
+                         "model.layers.2": "model.layers.4"}
+    report = initialize_from_teacher(student, teacher, layer_map)
+    assert not report.missing and not report.shape_mismatch
+    assert torch.equal(student.model.layers[1].mlp.up_proj.weight, teacher.model.layers[2].mlp.up_proj.weight)
+    assert torch.equal(student.model.embed_tokens.weight, teacher.model.embed_tokens.weight)
+
+
+# ---------------------------------------------------------------- runs through the CLI
+
+
+def test_train_then_distill_a_tiny_language_model_from_yaml(tmp_path, tokenizer_dir):
+    teacher_dir = tmp_path / "teacher"
+    teacher = lm_config(teacher_dir, data={"dataset": "text", "path": str(TEXT), "block_length": 32,
+                                           "tokenizer": str(tokenizer_dir)},
+                        model={"name": "causal_lm", "config": tiny_config("llama", layers=2, width=48)},
+                        train={"epochs": 4, "batch_size": 16, "lr": 5e-3}, role="teacher")
+    assert_ok(invoke("train", write_yaml(tmp_path / "teacher.yaml", teacher)))
+    taught = json.loads((teacher_dir / "evaluation.json").read_text())
+    assert taught["task"] == "language_model" and taught["perplexity"] < 0.5 * VOCABULARY
+
+    student_dir = tmp_path / "student"
+    student = lm_config(student_dir, model={"name": "causal_lm", "config": tiny_config("llama", layers=1, width=48)},
+                        distill={"teacher": str(teacher_dir), "method": "token_kd", "divergence": "reverse_kl",
+                                 "init_from_teacher": True})
+    assert_ok(invoke("distill", write_yaml(tmp_path / "student.yaml", student)))
+    evaluation = json.loads((student_dir / "evaluation.json").read_text())
+    assert evaluation["teacher"]["perplexity"] == pytest.approx(
+        json.loads((teacher_dir / "evaluation.json").read_text())["perplexity"], rel=0.2)
+    assert evaluation["perplexity"] < 0.5 * VOCABULARY
+    model = json.loads((student_dir / "model.json").read_text())
+    assert model["architecture"]["config"]["num_hidden_layers"] == 1
+    result = invoke("generate", student_dir, "--prompt", "And God said", "--max-new-tokens", "5")
+    assert_ok(result)
+    assert result.stdout.count("And God said") == 2 and "teacher:" in result.stdout
+
+    # The same student on the text alone, then the report of all three.
+    alone = lm_config(tmp_path / "alone", data=teacher["data"],
+                      model={"name": "causal_lm", "config": tiny_config("llama", layers=1, width=48)})
+    assert_ok(invoke("train", write_yaml(tmp_path / "alone.yaml", alone)))
+    assert_ok(invoke("report", teacher_dir, tmp_path / "alone", student_dir, "-o", tmp_path / "report"))
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| student | distilled |" in report and "student: against alone (the text alone), perplexity ×" in report
+    assert "noise" in report and (tmp_path / "report" / "perplexity.png").read_bytes().startswith(b"\x89PNG")
+
+
+RESUME_CASES = {
+    "jsd": {"divergence": "jsd"},
+    # On-policy batches draw the coin and the student's samples from the generator the state restores; the
+    # corpus batches read cached top-k targets, the student's own text the live teacher's.
+    "gkd-top-k-hidden": {"on_policy": 0.5, "top_k": 16, "sample_tokens": 8, "hidden_weight": 0.5},
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_language_model_distillation_resumes_bit_identical(tmp_path, pretrained_teacher, monkeypatch, case):
+    sections = {"model": {"name": "causal_lm", "base": str(pretrained_teacher), "num_hidden_layers": 1},
+                "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3, "checkpoint_every_steps": 2},
+                "distill": {"teacher": {"huggingface": str(pretrained_teacher)}, "method": "token_kd",
+                            "init_from_teacher": True, **RESUME_CASES[case]}}
+    reference = tmp_path / "reference"
+    assert_ok(invoke("distill", write_yaml(tmp_path / "reference.yaml", lm_config(reference, **sections))))
+    interrupted = tmp_path / "interrupted"
+    config = write_yaml(tmp_path / "interrupted.yaml", lm_config(interrupted, **sections))
+    original, calls = TokenDistillation.step, []
+
+    def interrupted_step(self, batch):  # SIGINT during the 8th training step: epoch 2 (of 6 steps), its second
+        calls.append(1)
+        if len(calls) == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch)
+    monkeypatch.setattr(TokenDistillation, "step", interrupted_step)
+    result = invoke("distill", config)
+    assert result.exit_code == 130, result.stderr
+    assert f"distillery distill --resume {interrupted}" in result.stderr
+    monkeypatch.setattr(TokenDistillation, "step", original)
+    assert_ok(invoke("distill", "--resume", interrupted))
+    from test_resume import assert_same_run
+    assert_same_run(interrupted, reference)
+
+
+def test_another_tokenizer_than_the_teachers_is_refused_in_one_line(tmp_path, pretrained_teacher):
+    other = train_tokenizer(tmp_path / "other", vocabulary=280)
+    config = lm_config(tmp_path / "run", data={"dataset": "text", "path": str(TEXT), "tokenizer": str(other)},
+                       model={"name": "causal_lm", "base": str(pretrained_teacher), "num_hidden_layers": 1},
+                       distill={"teacher": {"huggingface": str(pretrained_teacher)}, "method": "token_kd"})
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", config)),
+                      "teacher's tokenizer", str(pretrained_teacher), str(other), "280 tokens")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_student_vocabulary_other_than_the_teachers_is_refused(tmp_path, pretrained_teacher):
+    config = lm_config(tmp_path / "run", model={"name": "causal_lm", "config": tiny_config("gpt2", vocabulary=500)},
+                       distill={"teacher": {"huggingface": str(pretrained_teacher)}, "method": "token_kd"})
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", config)), "vocab_size (500)", "300")
+
+
+def test_image_options_on_text_data_are_refused(tmp_path, tokenizer_dir):
+    config = lm_config(tmp_path / "run", data={"dataset": "text", "path": str(TEXT), "tokenizer": str(tokenizer_dir),
+                                               "image_size": 28})
+    assert_user_error(invoke("train", write_yaml(tmp_path / "run.yaml", config)), "data.image_size", "not text")
+
+
+def test_a_teacher_folder_without_a_tokenizer_is_named(tmp_path):
+    folder = save_pretrained_model(tmp_path / "bare", "gpt2")
+    config = lm_config(tmp_path / "run", distill={"teacher": {"huggingface": str(folder)}, "method": "token_kd"})
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", config)), str(folder), "no tokenizer")
+
+
+# ---------------------------------------------------------------- offline top-k teacher targets
+
+
+def test_cached_top_k_targets_equal_the_full_loss_at_k_equal_vocabulary_and_bound_it_below(tmp_path, tokenizer,
+                                                                                          monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    from distillery.teachers.top_k_cache import top_k_targets
+
+    torch.manual_seed(0)
+    teacher = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=2)}, (16,), VOCABULARY).eval()
+    student = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=1)}, (16,), VOCABULARY).eval()
+    blocks = load_text_blocks(TEXT, tokenizer, 16, cache=False).subset(torch.arange(12))
+    batch = next(iter(TokenBatches(blocks, 12)))
+    full = create_method("token_kd", student, teacher).eval().step(batch).loss
+    losses = {}
+    for k in (1, 8, 64, VOCABULARY):
+        targets, built = top_k_targets(teacher, blocks, k, batch_size=5, progress=False)
+        assert built and targets.bytes_per_token == k * 6 + 4
+        method = create_method("token_kd", student, teacher, top_k=k).eval()
+        method.use_top_k_targets(targets)
+        losses[k] = method.step(batch).loss.item()
+        live = create_method("token_kd", student, teacher, top_k=k).eval().step(batch).loss.item()
+        assert losses[k] == pytest.approx(live, rel=1e-5, abs=1e-7)  # the cache holds what the live teacher gives
+    assert losses[VOCABULARY] == pytest.approx(full.item(), rel=1e-4)
+    assert losses[1] <= losses[8] <= losses[64] <= losses[VOCABULARY] * (1 + 1e-5)
+    again, built = top_k_targets(teacher, blocks, 8, progress=False)
+    assert not built and again.directory == top_k_targets(teacher, blocks, 8, progress=False)[0].directory
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(2)  # another teacher: another cache
+    assert top_k_targets(teacher, blocks, 8, progress=False)[1]
+
+
+def test_top_k_with_a_temperature_is_refused():
+    model = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=1)}, (16,), VOCABULARY)
+    with pytest.raises(Exception, match="at T = 1"):
+        create_method("token_kd", model, model, top_k=8, temperature=2.0)
+
+
+def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pretrained_teacher, capsys):
+    from distillery.app.config_file import build_config
+    from distillery.app.run import run
+
+    def distil(name):
+        document = lm_config(tmp_path / name, progress=True,
+                             model={"name": "causal_lm", "base": str(pretrained_teacher), "num_hidden_layers": 1},
+                             distill={"teacher": {"huggingface": str(pretrained_teacher)}, "method": "token_kd",
+                                      "top_k": 16})
+        document["train"]["epochs"] = 1
+        return run(build_config(document))
+    distil("first")
+    assert "top-16 teacher targets: 100 bytes a token (1,200 for the whole distribution)" in capsys.readouterr().err
+    evaluation = json.loads((distil("second") / "evaluation.json").read_text())
+    assert "reused from" in capsys.readouterr().err
+    assert evaluation["perplexity"] > 1 and evaluation["agreement"] > 0
+
+
+# ---------------------------------------------------------------- on-policy batches (GKD), hidden states
+
+
+def test_student_continuations_keep_the_prompt_and_are_the_students_greedy_text(tokenizer):
+    from distillery.methods.on_policy import student_continuations
+
+    torch.manual_seed(0)
+    student = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=1)}, (24,), VOCABULARY).eval()
+    blocks = prompt_completion_blocks([("Who made", " the earth"), ("And God said unto", " them")], tokenizer, 24,
+                                      "pairs")
+    batch = next(iter(TokenBatches(blocks, 2)))
+    own = student_continuations(student, batch, prompt_tokens=4, max_new_tokens=5, temperature=0.0)
+    assert own.labels is None
+    for row, (prompt, _) in enumerate([("Who made", ""), ("And God said unto", "")]):
+        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        assert own.inputs["input_ids"][row, : len(ids)].tolist() == ids
+        expected = student.generate(torch.tensor([ids]), max_new_tokens=5, do_sample=False, use_cache=True,
+                                    pad_token_id=0)[0, len(ids):]
+        assert own.inputs["input_ids"][row, len(ids): len(ids) + 5].tolist() == expected.tolist()
+        # Predictions of the 5 sampled tokens count, nothing else.
+        assert own.mask[row].nonzero().flatten().tolist() == list(range(len(ids) - 1, len(ids) + 4))
+
+
+def test_packed_text_keeps_its_first_prompt_tokens(tokenizer):
+    from distillery.methods.on_policy import student_continuations
+
+    student = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=1)}, (16,), VOCABULARY).eval()
+    batch = next(iter(TokenBatches(load_text_blocks(TEXT, tokenizer, 16, cache=False), 3)))
+    torch.manual_seed(5)
+    own = student_continuations(student, batch, prompt_tokens=6, max_new_tokens=None, temperature=1.0)
+    assert torch.equal(own.inputs["input_ids"][:, :6], batch.inputs["input_ids"][:, :6])
+    assert own.mask[:, 5:15].all() and not own.mask[:, :5].any() and not own.mask[:, 15].any()
+
+
+def test_on_policy_steps_score_the_students_text_and_skip_the_label_term(tokenizer):
+    from distillery.methods.on_policy import student_continuations
+
+    torch.manual_seed(0)
+    student = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=1)}, (16,), VOCABULARY)
+    teacher = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=2)}, (16,), VOCABULARY)
+    batch = next(iter(TokenBatches(load_text_blocks(TEXT, tokenizer, 16, cache=False), 4)))
+    method = create_method("token_kd", student, teacher, on_policy=1.0, alpha=0.5, sample_temperature=0.0,
+                           prompt_tokens=8)
+    output = method.train().step(batch)  # the tiny GPT-2 has no dropout: train mode computes what eval mode does
+    own = student_continuations(student, batch, prompt_tokens=8, max_new_tokens=None, temperature=0.0)
+    expected = token_loss(student(**own.inputs).logits, teacher(**own.inputs).logits, own.mask)
+    assert torch.allclose(output.loss, 0.5 * expected, atol=1e-6) and "ce" not in output.logs
+
+
+def test_hidden_states_are_matched_through_projections(tokenizer):
+    from distillery.methods.hidden_states import even_hidden_map
+
+    assert even_hidden_map(3, 5) == {1: 1, 2: 3, 3: 5} and even_hidden_map(6, 30)[6] == 30
+    torch.manual_seed(0)
+    teacher = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=3, width=48)}, (16,), VOCABULARY)
+    student = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=1, width=32)}, (16,), VOCABULARY)
+    method = create_method("token_kd", student, teacher, hidden_weight=2.0, hidden_map={1: 2}).eval()
+    batch = next(iter(TokenBatches(load_text_blocks(TEXT, tokenizer, 16, cache=False), 2)))
+    output = method.step(batch)
+    projection = method.hidden.projections[0]
+    states = student(**batch.inputs, output_hidden_states=True).hidden_states[1]
+    target = teacher(**batch.inputs, output_hidden_states=True).hidden_states[2]
+    hidden = ((projection(states) - target) ** 2).mean()
+    assert torch.allclose(output.logs["hidden"], hidden, atol=1e-6)
+    assert torch.allclose(output.loss, output.logs["kd"] + 2.0 * hidden, atol=1e-5)
+    assert projection.weight in set(method.trainable_parameters())
+    with pytest.raises(Exception, match="hidden state the models do not have"):
+        create_method("token_kd", student, teacher, hidden_weight=1.0, hidden_map={2: 1})
+
+
+# ---------------------------------------------------------------- text classification
+
+
+def labelled_verses(folder: Path) -> tuple[Path, Path]:
+    """Genesis 1-11 verses labelled by whether they name God: every fourth verse held out for testing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"text": line, "label": "names God" if "God" in line else "other"}
+            for line in TEXT.read_text().splitlines() if line.strip()]
+    train, test = folder / "train.jsonl", folder / "test.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for index, row in enumerate(rows) if index % 4))
+    test.write_text("".join(json.dumps(row) + "\n" for index, row in enumerate(rows) if not index % 4))
+    return train, test
+
+
+def classifier_config(output_dir: Path, train: Path, test: Path, tokenizer_dir: Path, layers: int,
+                      family: str = "llama", **sections) -> dict:
+    document = {"output_dir": str(output_dir), "measure_latency": False, "progress": False,
+                "data": {"dataset": "text_classification", "path": str(train), "test_path": str(test),
+                         "tokenizer": str(tokenizer_dir), "block_length": 48},
+                "model": {"name": "sequence_classifier", "config": tiny_config(family, layers=layers, width=48)},
+                "train": {"epochs": 6, "batch_size": 32, "lr": 3e-3}}
+    document.update(sections)
+    return document
+
+
+@pytest.mark.parametrize("method", ["hinton", "dkd", "dist"])
+def test_a_text_classifier_is_distilled_with_the_logit_methods(tmp_path, tokenizer_dir, method):
+    train, test = labelled_verses(tmp_path / "verses")
+    teacher_dir = tmp_path / "teacher"
+    assert_ok(invoke("train", write_yaml(tmp_path / "teacher.yaml",
+                                         classifier_config(teacher_dir, train, test, tokenizer_dir, 2))))
+    taught = json.loads((teacher_dir / "evaluation.json").read_text())
+    majority = max(taught["per_class"]["samples"]) / taught["samples"]
+    assert taught["task"] == "text_classification" and taught["accuracy"] > majority + 0.05
+    student_dir = tmp_path / "student"
+    config = classifier_config(student_dir, train, test, tokenizer_dir, 1,
+                               distill={"teacher": str(teacher_dir), "method": method, "init_from_teacher": True})
+    config["data"].pop("tokenizer")  # the teacher's, from its run directory
+    assert_ok(invoke("distill", write_yaml(tmp_path / "student.yaml", config)))
+    evaluation = json.loads((student_dir / "evaluation.json").read_text())
+    assert evaluation["teacher"]["accuracy"] == pytest.approx(taught["accuracy"])
+    assert evaluation["accuracy"] > majority and 0 <= evaluation["agreement"] <= 1
+    assert json.loads((student_dir / "model.json").read_text())["class_names"] == ["names God", "other"]
+
+
+def test_a_gpt2_classifier_reads_its_padding_and_a_test_label_unknown_to_training_is_refused(tmp_path,
+                                                                                             tokenizer_dir):
+    train, test = labelled_verses(tmp_path / "verses")
+    model = build_model({"name": "sequence_classifier", "config": tiny_config("gpt2")}, (48,), 2)
+    assert model.config.pad_token_id == 0  # a decoder classifies from its last token that is not padding
+    test.write_text(test.read_text() + json.dumps({"text": "Amen.", "label": "psalm"}) + "\n")
+    assert_user_error(invoke("train", write_yaml(tmp_path / "run.yaml", classifier_config(
+        tmp_path / "run", train, test, tokenizer_dir, 1, family="gpt2"))), "class 'psalm'", "data.class_names")
+
+
+def test_the_tiny_language_model_examples_run_as_the_readme_says(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from distillery.app.config_file import load_config
+    from distillery.app.run import run
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    subprocess.run([sys.executable, str(root / "examples" / "make_tiny_lm.py")], check=True, capture_output=True)
+    short = ["train.epochs=2", "progress=false", f"data.path={TEXT}"]
+    teacher = run(load_config(root / "configs" / "tiny_lm_teacher.yaml", short))
+    student = run(load_config(root / "configs" / "tiny_lm_distill.yaml", [*short, f"distill.teacher={teacher}"]))
+    assert json.loads((student / "evaluation.json").read_text())["perplexity"] < 512
+
+
+def test_image_settings_and_commands_are_refused_for_text_runs_in_one_line(tmp_path, pretrained_teacher):
+    base = {"model": {"name": "causal_lm", "base": str(pretrained_teacher), "num_hidden_layers": 1},
+            "distill": {"teacher": {"huggingface": str(pretrained_teacher)}, "method": "token_kd"}}
+    config = lm_config(tmp_path / "run", **base, transfer={"labels": False})
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "transfer.yaml", config)), "transfer:", "remove it")
+    config = lm_config(tmp_path / "run", **{**base, "distill": {**base["distill"], "calibrate_merge": 10}})
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "merge.yaml", config)), "distill.calibrate_merge")
+    config = write_yaml(tmp_path / "ok.yaml", lm_config(tmp_path / "run", **base))
+    assert_user_error(invoke("cache", config), "distill.top_k")
+    assert not (tmp_path / "run").exists()
+    assert_ok(invoke("distill", config))
+    for command in ("evaluate", "quantize"):
+        assert_user_error(invoke(command, tmp_path / "run"), "language model run", "distillery report")
