@@ -55,12 +55,12 @@ class LanguageModelTask:
         student's agreement with it."""
         device = resolve_device(config.device)
         batches = cls.batches(data.test, config.train.batch_size)
+        teacher = teacher.to(device) if teacher is not None else None
         evaluation = {"task": cls.name, **language_model_metrics(model.to(device), batches, teacher=teacher,
                                                                  device=device),
                       "parameters": count_parameters(model)}
         if teacher is not None:
-            evaluation["teacher"] = {**language_model_metrics(teacher.to(device), batches, device=device),
-                                     "parameters": count_parameters(teacher)}
+            evaluation["teacher"]["parameters"] = count_parameters(teacher)
         return evaluation
 
 
