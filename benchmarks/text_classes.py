@@ -1,5 +1,5 @@
 """King James verses by part of the Bible: a 4-block transformer classifier teacher, and a 1-block student trained
-on the labels alone and distilled (hinton, dkd), every fifth chapter held out for testing.
+on the labels alone and distilled (hinton, dkd, hinton with hidden-state matching), every fifth chapter held out for testing.
 
 Data and tokenizer from examples/make_kjv_parts.py (`make lm-data` installs Debian's bible-kjv); every run is the
 configs/kjv_parts_*.yaml config with its output directory under --out.
@@ -46,11 +46,13 @@ def main() -> None:
     student = ["model.config.num_hidden_layers=1", epochs]
     scratch = evaluation("kjv_parts_teacher.yaml", args.out / "scratch", *student, "role=scratch")
     rows = [("teacher, 4 blocks", teacher), ("student, 1 block, labels alone", scratch)]
-    for method in ("hinton", "dkd"):
-        distilled = evaluation("kjv_parts_distill.yaml", args.out / method, epochs,
-                               f"distill.teacher={args.out / 'teacher'}", f"distill.method={method}",
-                               *(["distill.alpha=null"] if method == "dkd" else []))
-        rows.append((f"student, 1 block, {method} (started from the teacher's first block)", distilled))
+    arms = {"hinton": ["distill.method=hinton"], "dkd": ["distill.method=dkd", "distill.alpha=null"],
+            "hinton + hidden states (weight 1)": ["distill.method=hinton", "distill.hidden_weight=1"]}
+    for name, settings in arms.items():
+        folder = name.split(" ")[0] + ("-hidden" if "hidden" in name else "")
+        distilled = evaluation("kjv_parts_distill.yaml", args.out / folder, epochs,
+                               f"distill.teacher={args.out / 'teacher'}", *settings)
+        rows.append((f"student, 1 block, {name} (started from the teacher's first block)", distilled))
     source = provenance()
     print(f"Machine: {source['machine']}. Commit `{source['commit']}`. {teacher['samples']:,} test verses; "
           f"wall time {time.perf_counter() - started:.0f} s.\n")

@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from cli_helpers import assert_ok, assert_user_error, invoke, write_yaml
 from language_models import TEXT, tiny_config, train_tokenizer
 
+from distillery.data.batch import Batch
+from distillery.methods import create_method
 from distillery.models import build_model
 
 
@@ -67,3 +71,64 @@ def test_a_gpt2_classifier_reads_its_padding_and_a_test_label_unknown_to_trainin
     test.write_text(test.read_text() + json.dumps({"text": "Amen.", "label": "psalm"}) + "\n")
     assert_user_error(invoke("train", write_yaml(tmp_path / "run.yaml", classifier_config(
         tmp_path / "run", train, test, tokenizer_dir, 1, family="gpt2"))), "class 'psalm'", "data.class_names")
+
+
+def test_a_classifier_config_without_vocabulary_or_padding_takes_them_from_the_tokenizer(tmp_path, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    train, test = labelled_verses(tmp_path / "verses")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    bare = {key: value for key, value in tiny_config("llama", layers=1, width=32).items()
+            if key not in ("vocab_size", "bos_token_id", "eos_token_id")}
+    config = classifier_config(tmp_path / "run", train, test, tokenizer_dir, 1)
+    config["model"]["config"], config["train"]["epochs"] = bare, 1
+    assert_ok(invoke("train", write_yaml(tmp_path / "run.yaml", config)))
+    built = json.loads((tmp_path / "run" / "model.json").read_text())["architecture"]["config"]
+    assert built["pad_token_id"] == tokenizer.pad_token_id and built["vocab_size"] == len(tokenizer)
+
+    config["output_dir"] = str(tmp_path / "padded")
+    config["model"]["config"] = {**bare, "pad_token_id": tokenizer.pad_token_id + 1}
+    assert_user_error(invoke("train", write_yaml(tmp_path / "padded.yaml", config)), "pad_token_id",
+                      f"({tokenizer.pad_token_id})")
+    config["model"]["config"] = {**bare, "vocab_size": 10}
+    assert_user_error(invoke("train", write_yaml(tmp_path / "small.yaml", config)), "vocab_size is 10")
+    assert not (tmp_path / "padded").exists()
+
+
+def test_the_logit_methods_add_hidden_state_matching_over_the_tokens_that_are_not_padding():
+    torch.manual_seed(0)
+    student = build_model({"name": "sequence_classifier", "config": tiny_config("llama", layers=1)}, (12,), 3)
+    teacher = build_model({"name": "sequence_classifier", "config": tiny_config("llama", layers=2, width=48)}, (12,), 3)
+    ids = torch.randint(1, 50, (4, 12))
+    attention = torch.ones(4, 12, dtype=torch.long)
+    attention[1, 7:], attention[3, 3:] = 0, 0
+    ids[attention == 0] = 0
+    batch = Batch({"input_ids": ids, "attention_mask": attention}, torch.tensor([0, 2, 1, 2]))
+    method = create_method("hinton", student, teacher, temperature=2.0, alpha=0.3, hidden_weight=0.5,
+                           hidden_map={1: 2}).train()
+    output = method.step(batch)
+
+    # Written out: Hinton's loss, and the projected student state against the teacher's over real tokens only.
+    student_out = student(**batch.inputs, output_hidden_states=True)
+    with torch.no_grad():
+        teacher_out = teacher(**batch.inputs, output_hidden_states=True)
+    kd = F.kl_div(F.log_softmax(student_out.logits / 2, -1), F.softmax(teacher_out.logits / 2, -1),
+                  reduction="batchmean") * 4
+    ce = F.cross_entropy(student_out.logits, batch.labels)
+    real = attention.bool()
+    projected = method.hidden.projections[0](student_out.hidden_states[1])[real]
+    hidden = ((projected - teacher_out.hidden_states[2][real]) ** 2).mean()
+    assert torch.allclose(output.logs["hidden"], hidden, atol=1e-6)
+    assert torch.allclose(output.loss, 0.7 * kd + 0.3 * ce + 0.5 * hidden, atol=1e-5)
+    output.loss.backward()
+    assert method.hidden.projections[0].weight.grad.abs().sum() > 0  # the projection learns with the student
+    assert all(p.grad is None for p in teacher.parameters())
+    for name in ("dkd", "dist"):
+        assert "hidden" in create_method(name, student, teacher, hidden_weight=1.0).step(batch).logs
+    assert "hidden" not in create_method("hinton", student, teacher).step(batch).logs
+
+    cnn = build_model({"name": "mlp", "hidden": [8]}, (1, 4, 4), 3)
+    with pytest.raises(Exception, match="Hugging Face transformers"):
+        create_method("hinton", cnn, build_model({"name": "mlp", "hidden": [8]}, (1, 4, 4), 3), hidden_weight=1.0)
+    with pytest.raises(Exception, match="teacher_cache: off"):
+        method.use_precomputed_teacher_logits(torch.zeros(4, 3))

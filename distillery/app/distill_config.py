@@ -54,9 +54,10 @@ class DistillConfig(Strict):
                                                                  "student writes (to the block's end)")
     prompt_tokens: Optional[int] = Field(None, ge=1, description="token_kd with on_policy on packed text: the "
                                                                  "tokens kept as the prompt (half the block)")
-    hidden_weight: Optional[float] = Field(None, ge=0.0, description="token_kd: weight of hidden-state matching "
+    hidden_weight: Optional[float] = Field(None, ge=0.0, description="token_kd, hinton, dkd, dist, logit_mse "
+                                                                     "on transformers: weight of hidden-state matching "
                                                                      "through learned projections (0: off)")
-    hidden_map: Optional[dict[int, int]] = Field(None, description="token_kd: student -> teacher hidden-state index "
+    hidden_map: Optional[dict[int, int]] = Field(None, description="with hidden_weight: student -> teacher hidden-state index "
                                                                    "(0 embeddings, i block i; default: each student "
                                                                    "block to the teacher block it started from)")
     skew: Optional[float] = Field(None, ge=0.0, le=1.0, description="token_kd with skew_kl: the teacher's share of the "

@@ -51,7 +51,7 @@ def run_language_model(config: RunConfig, *, overwrite: bool = False, resume: bo
     _check_student_head(config.model, task.kind, classes)
     torch.manual_seed(config.seed)
     input_shape = tuple(task.metadata(data)["input_shape"])
-    model = build_model(config.model, input_shape, classes)
+    model = build_model(task.model_spec(config.model, data), input_shape, classes)
     metadata = _metadata(config, task, data, model, classes)
     if teacher is not None and config.distill.init_from_teacher:
         layer_map = config.distill.init_layer_map or every_kth_block_map(model, teacher)

@@ -11,7 +11,7 @@ from distillery.app.config import DataConfig, RunConfig
 from distillery.app.config_sections import TEXT_DATASETS
 from distillery.app.evaluation import evaluate
 from distillery.app.language_data import TokenData, check_vocabulary, prepare_token_data
-from distillery.app.text_classes import TextClassData, prepare_text_classes
+from distillery.app.text_classes import TextClassData, classifier_spec, prepare_text_classes
 from distillery.data.text_classes import TextClassBatches
 from distillery.data.token_batches import TokenBatches
 from distillery.engine import resolve_device
@@ -34,6 +34,11 @@ class LanguageModelTask:
         vocabulary = int(teacher_metadata["num_classes"]) if teacher_metadata else len(data.tokenizer)
         check_vocabulary(data, vocabulary, "the teacher" if teacher_metadata else "the model")
         return vocabulary
+
+    @staticmethod
+    def model_spec(spec: dict[str, Any], data: TokenData) -> dict[str, Any]:
+        """The student's spec as given: its vocabulary follows the teacher or the tokenizer (see ``classes``)."""
+        return spec
 
     @staticmethod
     def batches(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> TokenBatches:
@@ -83,6 +88,14 @@ class TextClassificationTask:
                               f"({', '.join(map(str, recorded or []))}) but the data has {len(names)} "
                               f"({', '.join(names)}); give data.class_names in the teacher's order")
         return len(names)
+
+    @staticmethod
+    def model_spec(spec: dict[str, Any], data: TextClassData) -> dict[str, Any]:
+        """The student's spec with what its config must take from the tokenizer where it is silent: the vocabulary
+        (the tokenizer's size) and the padding token (a decoder classifies from its last token that is not
+        padding). Raises ConfigError for a padding token other than the data's or a vocabulary without a row for
+        every token id of the data."""
+        return classifier_spec(spec, data)
 
     @staticmethod
     def batches(dataset, batch_size: int, shuffle: bool = False, seed: int = 0) -> TextClassBatches:

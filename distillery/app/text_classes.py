@@ -8,9 +8,10 @@ import torch
 
 from distillery.app.config import DataConfig
 from distillery.app.data import SPLIT_SEED, split_off_validation
-from distillery.data.text_classes import TextClassSet, read_labelled_texts
+from distillery.data.text_classes import TextClassSet, padding_id, read_labelled_texts
 from distillery.data.tokenizer import load_tokenizer
 from distillery.errors import ConfigError, DataError
+from distillery.models.text_transformers import config_of
 
 DEFAULT_TEXT_LENGTH = 64
 _NOT_FOR_TEXT = ("classes", "image_size", "channels", "image_column", "feature_columns", "layout", "factory",
@@ -69,3 +70,28 @@ def _first(dataset: TextClassSet, limit: int | None) -> TextClassSet:
         return dataset
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(SPLIT_SEED))
     return dataset.subset(order[:limit].sort().values)
+
+
+def classifier_spec(spec: dict[str, Any], data: TextClassData) -> dict[str, Any]:
+    """A built-in ``sequence_classifier`` spec with the data's padding token and, when it is built from a config, the
+    tokenizer's vocabulary where it names none; a user's factory as given. Raises ConfigError for another padding
+    token or a vocabulary without a row for every token id of the data."""
+    if spec.get("name") != "sequence_classifier":
+        return spec
+    named = {**(spec.get("config") or {}), **spec}
+    if spec.get("base") is not None and named.get("vocab_size") is None:
+        named["vocab_size"] = config_of(spec["base"]).get("vocab_size")
+    padding, extra = padding_id(data.tokenizer), {}
+    if named.get("pad_token_id") is None:
+        extra["pad_token_id"] = padding
+    elif int(named["pad_token_id"]) != padding:
+        raise ConfigError(f"model pad_token_id {named['pad_token_id']} is not the padding token of the tokenizer "
+                          f"{data.tokenizer_path} ({padding}); remove pad_token_id from model: (it follows the "
+                          "tokenizer)")
+    if named.get("vocab_size") is None:
+        extra["vocab_size"] = named["vocab_size"] = len(data.tokenizer)
+    largest = int(max(data.train.input_ids.max(), data.test.input_ids.max()))
+    if largest >= int(named["vocab_size"]):
+        raise ConfigError(f"the tokenizer {data.tokenizer_path} makes token id {largest} but the model's vocab_size is "
+                          f"{named['vocab_size']}; raise model vocab_size or use the model's own tokenizer")
+    return {**spec, **extra}

@@ -45,7 +45,7 @@ class TextClassSet:
                source: str) -> "TextClassSet":
         """Tokenise ``texts``, cutting each to ``length`` tokens and padding the rest (the tokenizer's padding token,
         else its end-of-text token)."""
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        pad = padding_id(tokenizer)
         encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=length)["input_ids"]
         input_ids = torch.full((len(texts), length), pad, dtype=torch.int64)
         attention = torch.zeros(len(texts), length, dtype=torch.bool)
@@ -55,6 +55,11 @@ class TextClassSet:
             input_ids[row, : len(ids)] = torch.as_tensor(ids)
             attention[row, : len(ids)] = True
         return cls(input_ids, attention, torch.as_tensor(labels, dtype=torch.int64), class_names, source)
+
+
+def padding_id(tokenizer: Any) -> int:
+    """The token that pads short texts: the tokenizer's padding token, else its end-of-text token, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def read_labelled_texts(path: str | Path, text_column: str = "text", label_column: str = "label"

@@ -19,6 +19,27 @@ def even_hidden_map(student_blocks: int, teacher_blocks: int) -> dict[int, int]:
             for index in range(student_blocks)}
 
 
+def hidden_state_match(student: nn.Module, teacher: nn.Module, weight: float,
+                       layer_map: dict[int, int] | None) -> "HiddenStateMatch | None":
+    """The hidden-state term of a method, None at ``weight`` 0: ``layer_map`` (default :func:`even_hidden_map`)
+    between two Hugging Face transformers, sized from their configs. Raises ConfigError for a negative weight, a
+    map without a weight, or models without a transformer config (for those, ``fitnet`` matches named layers)."""
+    if weight < 0:
+        raise ConfigError(f"hidden_weight must be >= 0, got {weight}")
+    if weight == 0:
+        if layer_map:
+            raise ConfigError("hidden_map is set but hidden_weight is 0; give hidden_weight > 0 to match hidden states")
+        return None
+    configs = [getattr(model, "config", None) for model in (student, teacher)]
+    if any(not hasattr(config, "num_hidden_layers") or not hasattr(config, "hidden_size") for config in configs):
+        raise ConfigError("hidden_weight matches the hidden states of Hugging Face transformers (a student and "
+                          "teacher with a config of num_hidden_layers and hidden_size); for other models use "
+                          "method fitnet with named layers")
+    layers = (configs[0].num_hidden_layers, configs[1].num_hidden_layers)
+    return HiddenStateMatch(layer_map or even_hidden_map(*layers), student_width=configs[0].hidden_size,
+                            teacher_width=configs[1].hidden_size, student_layers=layers[0], teacher_layers=layers[1])
+
+
 class HiddenStateMatch(nn.Module):
     """The projections and the loss: mean over mapped pairs of the mean squared error between the projected
     student state and the teacher state, over counted positions and hidden units.

@@ -1,4 +1,5 @@
-"""Logit methods after Hinton: decoupled KD and DIST. Both take ``standardize`` like ``hinton``."""
+"""Logit methods after Hinton: decoupled KD and DIST. Both take ``standardize``, ``hidden_weight`` and
+``hidden_map`` like ``hinton``."""
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,8 @@ class DecoupledKD(SingleTeacherMethod):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 4.0,
                  tckd_weight: float = 1.0, nckd_weight: float = 8.0, ce_weight: float = 1.0,
-                 warmup_epochs: int = 20, label_smoothing: float = 0.0, standardize: bool = False) -> None:
+                 warmup_epochs: int = 20, label_smoothing: float = 0.0, standardize: bool = False,
+                 hidden_weight: float = 0.0, hidden_map: dict[int, int] | None = None) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}; the DKD paper uses 4")
         for name, value in (("tckd_weight", tckd_weight), ("nckd_weight", nckd_weight), ("ce_weight", ce_weight)):
@@ -42,7 +44,8 @@ class DecoupledKD(SingleTeacherMethod):
                 raise ConfigError(f"{name} must be >= 0, got {value}")
         if warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}; 0 turns the warm-up off")
-        super().__init__(student, teacher, standardize=standardize)
+        super().__init__(student, teacher, standardize=standardize, hidden_weight=hidden_weight,
+                         hidden_map=hidden_map)
         self.temperature = temperature
         self.tckd_weight = tckd_weight
         self.nckd_weight = nckd_weight
@@ -62,7 +65,7 @@ class DecoupledKD(SingleTeacherMethod):
             return 1.0
         return min(self.epoch / self.warmup_epochs, 1.0)
 
-    def step(self, batch: Batch) -> StepOutput:
+    def logit_step(self, batch: Batch) -> StepOutput:
         student_logits, teacher_logits, labels = (self.student_and_teacher_logits(batch) if batch.labels is not None
                                                   else (None, None, None))
         if labels is None or bool((labels < 0).any()):
@@ -99,12 +102,14 @@ class DIST(TeacherLogitMethod):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 1.0, beta: float = 1.0,
                  gamma: float = 1.0, alpha: float = 0.5, label_smoothing: float = 0.0,
-                 standardize: bool = False) -> None:
+                 standardize: bool = False, hidden_weight: float = 0.0,
+                 hidden_map: dict[int, int] | None = None) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}; DIST's default is 1")
         if beta < 0 or gamma < 0:
             raise ConfigError(f"beta and gamma must be >= 0, got beta={beta}, gamma={gamma}")
-        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing, standardize=standardize)
+        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing, standardize=standardize,
+                         hidden_weight=hidden_weight, hidden_map=hidden_map)
         self.temperature = temperature
         self.beta = beta
         self.gamma = gamma

@@ -1,6 +1,8 @@
 """Distillation from one teacher's logits: Hinton's soft targets and logit matching."""
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 from torch import nn
 
@@ -8,6 +10,7 @@ from distillery.data.batch import Batch, counted_positions, model_logits
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy, logit_mse, soft_target_kl, standardize_logits
 from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.hidden_states import hidden_state_match
 
 
 class SingleTeacherMethod(Method):
@@ -16,42 +19,84 @@ class SingleTeacherMethod(Method):
     With ``standardize`` on, both logit vectors are z-scored per sample before the soft loss
     (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024), never before
     the hard-label cross-entropy: the student's raw logits are what it predicts with.
+
+    With ``hidden_weight`` > 0 (Hugging Face transformer student and teacher, e.g. text classifiers), the loss
+    adds ``hidden_weight`` times the mean squared error between projected student hidden states and the teacher's
+    over the tokens that are not padding (:class:`~distillery.methods.hidden_states.HiddenStateMatch`;
+    ``hidden_map`` student -> teacher hidden-state index, default every k-th block's). Subclasses implement
+    :meth:`logit_step`.
     """
 
     # Merged teachers of different class sets can restrict their targets to the true class's teachers;
     # that suits losses on softened probabilities, not matching raw logits (see LogitMatching).
     gate_targets_by_labels = True
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, *, standardize: bool = False) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, standardize: bool = False,
+                 hidden_weight: float = 0.0, hidden_map: dict[int, int] | None = None) -> None:
         super().__init__(student)
         self.add_teacher("teacher", teacher)
         self.standardize = standardize
         self.precomputed_teacher_logits = None
+        self.hidden_weight = hidden_weight
+        self.hidden = hidden_state_match(student, teacher, hidden_weight, hidden_map)
+        self._hidden_loss: torch.Tensor | None = None
 
     def use_precomputed_teacher_logits(self, logits) -> None:
         """Look the teacher's logits up by sample index instead of running it (deterministic transfer sets).
 
         ``logits`` is anything indexable by a tensor of indices: a tensor, or a cache's LogitTable.
         """
+        if self.hidden is not None:
+            raise ConfigError("hidden-state matching needs the teacher's hidden states, which the teacher cache does "
+                              "not keep; set distill.teacher_cache: off")
         self.precomputed_teacher_logits = logits
+
+    def step(self, batch: Batch) -> StepOutput:
+        """The method's :meth:`logit_step`, plus ``hidden_weight`` times the hidden-state term when it is on."""
+        self._hidden_loss = None
+        output = self.logit_step(batch)
+        if self._hidden_loss is not None:
+            output.loss = output.loss + self.hidden_weight * self._hidden_loss
+            output.logs["hidden"] = self._hidden_loss.detach()
+            self._hidden_loss = None
+        return output
+
+    def logit_step(self, batch: Batch) -> StepOutput:
+        raise NotImplementedError
 
     def student_and_teacher_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The student's and teacher's logits and the labels, one row per counted prediction (see
-        :func:`~distillery.data.batch.counted_positions`): ``[N, C]``, ``[N, C]``, ``[N]`` or None."""
-        if self.precomputed_teacher_logits is not None:
+        :func:`~distillery.data.batch.counted_positions`): ``[N, C]``, ``[N, C]``, ``[N]`` or None. With hidden-state
+        matching on, the same forward passes give the hidden states, and :meth:`step` adds their term."""
+        if self.hidden is not None:
+            student_logits, teacher_logits = self._with_hidden_states(batch)
+        elif self.precomputed_teacher_logits is not None:
             if batch.indices is None:
                 raise ValueError("precomputed teacher logits need the batches' sample indices")
             teacher_logits = self.precomputed_teacher_logits[batch.indices].to(batch.device, torch.float32)
+            student_logits = model_logits(self.student, batch.inputs)
         else:
             with torch.no_grad():
                 teacher_logits = model_logits(self.teacher, batch.inputs)
-        student_logits = model_logits(self.student, batch.inputs)
+            student_logits = model_logits(self.student, batch.inputs)
         if teacher_logits.shape != student_logits.shape:
             raise ModelError(
                 f"teacher outputs {tuple(teacher_logits.shape[1:])} but student outputs "
                 f"{tuple(student_logits.shape[1:])}; both must predict the same classes"
             )
         return counted_positions(batch.mask, student_logits, teacher_logits, batch.labels)
+
+    def _with_hidden_states(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both models' logits, keeping the hidden-state term of the same passes (over the tokens that are not
+        padding) for :meth:`step`."""
+        if not isinstance(batch.inputs, Mapping):
+            raise ConfigError("hidden_weight needs transformer inputs (input_ids and attention_mask)")
+        student_output = self.student(**batch.inputs, output_hidden_states=True)
+        with torch.no_grad():
+            teacher_output = self.teacher(**batch.inputs, output_hidden_states=True)
+        self._hidden_loss = self.hidden(student_output.hidden_states, teacher_output.hidden_states,
+                                        batch.inputs.get("attention_mask"))
+        return student_output.logits, teacher_output.logits
 
     def soft_loss_inputs(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                          labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,18 +124,19 @@ class TeacherLogitMethod(SingleTeacherMethod):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, alpha: float = 0.5, label_smoothing: float = 0.0,
-                 standardize: bool = False) -> None:
+                 standardize: bool = False, hidden_weight: float = 0.0,
+                 hidden_map: dict[int, int] | None = None) -> None:
         if not 0.0 <= alpha < 1.0:
             raise ConfigError(f"alpha must be in [0, 1), got {alpha}; it weights the hard-label term, and at 1 the "
                               "teacher's term has no weight (train from labels alone with `distillery train`)")
-        super().__init__(student, teacher, standardize=standardize)
+        super().__init__(student, teacher, standardize=standardize, hidden_weight=hidden_weight, hidden_map=hidden_map)
         self.alpha = alpha
         self.label_smoothing = label_smoothing
 
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def step(self, batch: Batch) -> StepOutput:
+    def logit_step(self, batch: Batch) -> StepOutput:
         student_logits, teacher_logits, labels = self.student_and_teacher_logits(batch)
         soft = self.soft_loss(*self.soft_loss_inputs(student_logits, teacher_logits, labels))
         logs = {"kd": soft.detach()}
@@ -115,10 +161,12 @@ class HintonDistillation(TeacherLogitMethod):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 4.0, alpha: float = 0.5,
-                 label_smoothing: float = 0.0, standardize: bool = False) -> None:
+                 label_smoothing: float = 0.0, standardize: bool = False, hidden_weight: float = 0.0,
+                 hidden_map: dict[int, int] | None = None) -> None:
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}; typical values are 1 to 20")
-        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing, standardize=standardize)
+        super().__init__(student, teacher, alpha=alpha, label_smoothing=label_smoothing, standardize=standardize,
+                         hidden_weight=hidden_weight, hidden_map=hidden_map)
         self.temperature = temperature
 
     def soft_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from distillery.losses import hard_label_cross_entropy
 from distillery.losses.tokens import DIVERGENCES, token_loss
 from distillery.losses.topk import teacher_top_k, top_k_divergence
 from distillery.methods.base import METHODS, Method, StepOutput
-from distillery.methods.hidden_states import HiddenStateMatch, even_hidden_map
+from distillery.methods.hidden_states import hidden_state_match
 from distillery.methods.on_policy import student_continuations
 
 
@@ -64,14 +64,7 @@ class TokenDistillation(Method):
         self.sampling = {"temperature": sample_temperature, "max_new_tokens": sample_tokens,
                          "prompt_tokens": prompt_tokens}
         self.hidden_weight = hidden_weight
-        self.hidden = None
-        if hidden_weight > 0:
-            student_config, teacher_config = student.config, teacher.config
-            layers = (student_config.num_hidden_layers, teacher_config.num_hidden_layers)
-            self.hidden = HiddenStateMatch(hidden_map or even_hidden_map(*layers),
-                                           student_width=student_config.hidden_size,
-                                           teacher_width=teacher_config.hidden_size,
-                                           student_layers=layers[0], teacher_layers=layers[1])
+        self.hidden = hidden_state_match(student, teacher, hidden_weight, hidden_map)
 
     def use_top_k_targets(self, targets) -> None:
         """Read the teacher's top-k targets by block index (a :class:`~distillery.teachers.top_k_cache.TopKTargets`)
