@@ -66,8 +66,9 @@ def main() -> None:
         for name, (arm_data, distill) in arms.items():
             evaluation = finished({**base, **budget(epochs), "data": arm_data,
                                    "distill": {**distill, "teacher": str(args.teacher)}},
-                                  root / f"{distill['method']}-{epochs}"
-                                  + (f"-views{distill['teacher_views']}" if "teacher_views" in distill else ""))
+                                  root / (f"{distill['method']}-{epochs}"
+                                          + (f"-views{distill['teacher_views']}" if "teacher_views" in distill
+                                             else "")))
             closed = (evaluation["accuracy"] - reference["accuracy"]) / (teacher - reference["accuracy"])
             difference = accuracy_difference(evaluation["accuracy"], reference["accuracy"], evaluation["samples"])
             rows.append(f"| {name} | {epochs} | {evaluation['accuracy']:.2%} | {difference.describe()} | {closed:.0%} |")

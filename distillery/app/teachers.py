@@ -18,6 +18,7 @@ from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
 from distillery.teachers.inputs import feed_own_inputs, teacher_normalizer
 from distillery.teachers.label_space import LabelSpaceMerge
+from distillery.teachers.layout import prefer_channels_last
 from distillery.teachers.outputs_table import OutputsTable
 
 FEATURE_PATHS = ("teacher_layer", "teacher_layers")
@@ -65,6 +66,7 @@ def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedD
                           classes="class_names" not in loaded.metadata)
         feed_own_inputs(loaded.model, data.normalizer, loaded.metadata.get("preprocessing"),
                         input_shape=data.test.input_shape, source=loaded.path)
+        prefer_channels_last(loaded.model, data.test.inputs[:2])
     for entry, loaded in zip(entries, teachers):
         if isinstance(entry, TeacherSpec) and entry.check and entry.outputs is None and config.progress:
             report_teacher_accuracy(loaded, data)
