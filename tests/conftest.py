@@ -2,8 +2,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import TEACHER_EPOCHS, assert_ok, invoke, run_config, snapshot, write_npz_dataset, write_yaml
+from language_models import save_pretrained_model, train_tokenizer
+
+from distillery.data.tokenizer import load_tokenizer
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -86,3 +88,25 @@ def teacher_cache_dir(tmp_path_factory):
         del os.environ["DISTILLERY_CACHE"]
     else:
         os.environ["DISTILLERY_CACHE"] = previous
+
+
+# ---------------------------------------------------------------- tiny language models (per test module)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    return load_tokenizer(tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def pretrained_teacher(tmp_path_factory, tokenizer_dir) -> Path:
+    """A user's pretrained model folder: a 3-block Llama-style model with its tokenizer beside it."""
+    folder = save_pretrained_model(tmp_path_factory.mktemp("teacher"), "llama", layers=3, width=48)
+    for file in tokenizer_dir.iterdir():
+        shutil.copy(file, folder)
+    return folder

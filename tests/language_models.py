@@ -36,3 +36,14 @@ def save_pretrained_model(folder: Path, family: str = "gpt2", layers: int = 2, w
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**tiny_config(family, layers, width)))
     model.save_pretrained(str(folder), safe_serialization=True)
     return folder
+
+
+def lm_config(output_dir: Path, **sections) -> dict:
+    """A run config of a 1-block GPT-2 on the shipped text in blocks of 32 tokens, 2 epochs; ``sections`` replace."""
+    document = {"output_dir": str(output_dir),
+                "data": {"dataset": "text", "path": str(TEXT), "block_length": 32, "train_limit": 96},
+                "model": {"name": "causal_lm", "config": tiny_config("gpt2", layers=1, width=32)},
+                "train": {"epochs": 2, "batch_size": 16, "lr": 3e-3},
+                "measure_latency": False, "progress": False}
+    document.update(sections)
+    return document

@@ -63,11 +63,11 @@ def test_the_gate_maximises_the_merged_likelihood_of_the_true_class():
     features = torch.tensor([[3.0, 0, 0, -3.0, 0, 0], [-3.0, 0, 0, 3.0, 0, 0]] * 20)
     knows = torch.tensor([[True, False], [False, True]] * 20)
     class_log_probs = torch.zeros(40, 2)
-    gate = MergeGate(2)
+    gate = MergeGate(6, 2)
     nll = fit_gate(gate, features, knows, class_log_probs)
     assert nll < 0.1  # untrained (uniform), it would be log 2 = 0.69
     with pytest.raises(ConfigError):
-        fit_gate(MergeGate(2), features[:0], knows[:0], class_log_probs[:0])
+        fit_gate(MergeGate(6, 2), features[:0], knows[:0], class_log_probs[:0])
 
 
 def test_calibrate_merge_from_the_config_needs_teachers_of_different_classes(tmp_path, teacher_run):

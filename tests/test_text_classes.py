@@ -9,16 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cli_helpers import assert_ok, assert_user_error, invoke, write_yaml
-from language_models import TEXT, tiny_config, train_tokenizer
+from language_models import TEXT, tiny_config
 
 from distillery.data.batch import Batch
 from distillery.methods import create_method
 from distillery.models import build_model
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory) -> Path:
-    return train_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 def labelled_verses(folder: Path) -> tuple[Path, Path]:

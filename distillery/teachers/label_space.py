@@ -8,7 +8,7 @@ from torch import nn
 
 from distillery.errors import ConfigError, ModelError
 from distillery.teachers.ensemble import normalized_weights
-from distillery.teachers.merge_gate import MergeGate, fit_gate, teacher_features
+from distillery.teachers.merge_gate import MergeGate, fit_gate, head_input, teacher_features
 
 
 class LabelSpaceMerge(nn.Module):
@@ -62,6 +62,7 @@ class LabelSpaceMerge(nn.Module):
             known[index, getattr(self, f"positions_{index}")] = True
         self.register_buffer("same_teacher", (known.T.float() @ known.float()) > 0, persistent=False)
         self.gate: MergeGate | None = None  # set by calibrate(): then the merge is a mixture, not a logit union
+        self.gate_reads_representations = False
 
     def extra_repr(self) -> str:
         # Part of the teacher-output cache's fingerprint: positions and weights live outside the state_dict.
@@ -84,20 +85,28 @@ class LabelSpaceMerge(nn.Module):
 
     def member_logits(self, inputs: torch.Tensor) -> list[torch.Tensor]:
         """Every teacher's logits over its own classes, checked against the class list it was given."""
-        outputs = []
+        return self.member_outputs(inputs)[0]
+
+    def member_outputs(self, inputs: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Every teacher's logits (as :meth:`member_logits`) and its representation, the input of its last linear
+        layer ``[B, ...]``; None for the representations unless every teacher has one per sample."""
+        outputs, representations = [], []
         for index, member in enumerate(self.members):
             positions = getattr(self, f"positions_{index}")
-            logits = member(inputs)
+            with head_input(member) as captured:
+                logits = member(inputs)
+            representations.append(captured[-1] if captured else None)
             if logits.dim() != 2 or logits.shape[1] != len(positions):
                 raise ModelError(f"teacher {index + 1} of the merge outputs {tuple(logits.shape[1:])} but names "
                                  f"{len(positions)} classes; give each teacher the class list it predicts")
             outputs.append(logits)
-        return outputs
+        usable = all(r is not None and r.dim() >= 2 and len(r) == len(inputs) for r in representations)
+        return outputs, (representations if usable else None)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        outputs = self.member_logits(inputs)
         if self.gate is not None:
-            return self._gated(outputs)
+            return self._gated(*self.member_outputs(inputs))
+        outputs = self.member_logits(inputs)
         merged = outputs[0].new_zeros(len(outputs[0]), len(self.classes))
         for index, (logits, weight) in enumerate(zip(outputs, self.teacher_weights)):
             merged.index_add_(1, getattr(self, f"positions_{index}"), weight * logits)
@@ -108,7 +117,7 @@ class LabelSpaceMerge(nn.Module):
         log p(c | x) = log sum_i P(S_i | x) p_i(c | x), with P(S_i | x) from the gate (see
         :mod:`distillery.teachers.merge_gate`). Returns the fitted gate's mean NLL on those samples."""
         with torch.no_grad():
-            outputs = self.member_logits(inputs)
+            outputs, representations = self.member_outputs(inputs)
         log_probs = [torch.log_softmax(logits.float(), dim=-1) for logits in outputs]
         knows = torch.zeros(len(labels), len(outputs), dtype=torch.bool)
         label_log_probs = torch.zeros(len(labels), len(outputs))
@@ -118,15 +127,19 @@ class LabelSpaceMerge(nn.Module):
             place = lookup[labels.cpu()]
             knows[:, index] = place >= 0
             label_log_probs[:, index] = own.cpu().gather(1, place.clamp_min(0)[:, None])[:, 0]
-        gate = MergeGate(len(outputs))
-        nll = fit_gate(gate, teacher_features([p.cpu() for p in log_probs], [z.float().cpu() for z in outputs]),
-                       knows, label_log_probs)
+        features = teacher_features([p.cpu() for p in log_probs], [z.float().cpu() for z in outputs],
+                                    [r.cpu() for r in representations] if representations is not None else None)
+        gate = MergeGate(features.shape[1], len(outputs))
+        nll = fit_gate(gate, features, knows, label_log_probs)
         self.gate = gate.to(outputs[0].device)
+        self.gate_reads_representations = representations is not None
         return nll
 
-    def _gated(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def _gated(self, outputs: list[torch.Tensor], representations: list[torch.Tensor] | None) -> torch.Tensor:
         log_probs = [torch.log_softmax(logits.float(), dim=-1) for logits in outputs]
-        gate = self.gate(teacher_features(log_probs, [logits.float() for logits in outputs]))
+        if not self.gate_reads_representations:
+            representations = None
+        gate = self.gate(teacher_features(log_probs, [logits.float() for logits in outputs], representations))
         joint = log_probs[0].new_full((len(outputs[0]), len(outputs), len(self.classes)), float("-inf"))
         for index, own in enumerate(log_probs):
             joint[:, index, getattr(self, f"positions_{index}")] = gate[:, index:index + 1] + own
