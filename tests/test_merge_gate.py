@@ -76,3 +76,36 @@ def test_calibrate_merge_from_the_config_needs_teachers_of_different_classes(tmp
     config = write_yaml(tmp_path / "run.yaml", run_config(
         tmp_path / "student", distill={"teacher": str(teacher_run), "calibrate_merge": 10}))
     assert_user_error(invoke("distill", str(config)), "calibrate_merge calibrates teachers of different class sets")
+
+
+class Functional(torch.nn.Module):
+    """A teacher without a linear layer (as an ONNX teacher is to PyTorch): its logits from a plain matrix."""
+
+    def __init__(self, teacher):
+        super().__init__()
+        layers = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)]
+        self.weights = [(layer.weight.detach(), layer.bias.detach()) for layer in layers]
+
+    def forward(self, inputs):
+        hidden = inputs.flatten(1)
+        for index, (weight, bias) in enumerate(self.weights):
+            hidden = hidden @ weight.T + bias
+            hidden = hidden.relu() if index < len(self.weights) - 1 else hidden
+        return hidden
+
+
+def test_the_gate_reads_each_teachers_representation_where_every_teacher_has_one(halves):
+    teachers, sets, train, test = halves
+    merge = LabelSpaceMerge(teachers, sets, DIGITS)
+    logits, representations = merge.member_outputs(test.inputs[:4])
+    with torch.no_grad():
+        hidden = teachers[0][2](teachers[0][1](teachers[0][0](test.inputs[:4])))  # the input of the last Linear
+    assert representations is not None and torch.equal(representations[0], hidden)
+    assert torch.equal(logits[0], teachers[0](test.inputs[:4]))
+    without = LabelSpaceMerge([teachers[0], Functional(teachers[1])], sets, DIGITS)
+    assert without.member_outputs(test.inputs[:4])[1] is None
+    chosen = torch.cat([torch.nonzero(train.labels == label)[:10, 0] for label in range(10)])
+    for merged in (merge, without):
+        merged.calibrate(train.inputs[chosen], train.labels[chosen])
+        assert merged.gate.linear.in_features == (16 + 2 * 32 if merged is merge else 16)
+        assert accuracy(merged, test) > 0.85
