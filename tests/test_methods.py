@@ -108,6 +108,8 @@ def test_create_method_refuses_options_the_method_does_not_take():
         create_method("hinton", nn.Linear(6, 3))
     with pytest.raises(ConfigError, match="hinton"):
         create_method("no-such-method", nn.Linear(6, 3))
+    with pytest.raises(ConfigError, match="needs student_layer and teacher_layer"):
+        create_method("fitnet", nn.Linear(6, 3), nn.Linear(6, 3), student_layer=None)
 
 
 def test_precomputed_teacher_logits_give_the_same_step_as_the_live_teacher():

@@ -119,6 +119,13 @@ def test_summary_lines_compare_against_teacher_and_scratch(run_dirs):
     ) in table
 
 
+def test_a_text_classifiers_difference_is_counted_in_test_texts(run_dirs):
+    runs = [load_run(run_dir) for run_dir in run_dirs]
+    for run in runs:
+        run.evaluation["task"] = "text_classification"
+    assert "(+200 of 10,000 test texts; 95% interval" in comparison_table(runs)
+
+
 def test_accuracy_formatting_keeps_two_decimals(tmp_path):
     run = RunRecord(run_dir=tmp_path, name="solo", role="scratch", evaluation={"accuracy": 0.9123})
     table = comparison_table([run])

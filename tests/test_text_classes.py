@@ -127,3 +127,18 @@ def test_the_logit_methods_add_hidden_state_matching_over_the_tokens_that_are_no
         create_method("hinton", cnn, build_model({"name": "mlp", "hidden": [8]}, (1, 4, 4), 3), hidden_weight=1.0)
     with pytest.raises(Exception, match="teacher_cache: off"):
         method.use_precomputed_teacher_logits(torch.zeros(4, 3))
+
+
+@pytest.mark.parametrize("distill, expected", [
+    ({"method": "fitnet", "student_layer": "model.layers.0", "teacher_layer": "model.layers.1"}, "image feature maps"),
+    ({"method": "attention", "student_layers": ["model.layers.0"], "teacher_layers": ["model.layers.1"]},
+     "image feature maps"),
+    ({"method": "token_kd"}, "next-token distributions of language models"),
+])
+def test_methods_that_do_not_fit_a_text_classifier_are_refused_in_one_line(tmp_path, tokenizer_dir, distill,
+                                                                            expected):
+    train, test = labelled_verses(tmp_path / "verses")
+    config = classifier_config(tmp_path / "student", train, test, tokenizer_dir, 1,
+                               distill={"teacher": str(tmp_path / "no-teacher-needed-to-refuse"), **distill})
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", config)), expected)
+    assert not (tmp_path / "student").exists()

@@ -22,6 +22,7 @@ from distillery.engine import RunDirectory, resolve_device
 from distillery.engine.distributed import DistributedContext, setup_distributed
 from distillery.engine.training_state import read_training_state
 from distillery.errors import ConfigError, NumericalError
+from distillery.methods import METHODS
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.text_transformers import architecture_config, every_kth_block_map
 from distillery.teachers.top_k_cache import describe, top_k_targets
@@ -136,7 +137,15 @@ def _check_student_head(spec: dict[str, Any], kind: str, classes: int) -> None:
 
 
 def _refuse_image_settings(config: RunConfig) -> None:
-    """Settings of image and table runs that a text run would otherwise ignore without a word."""
+    """Settings of image and table runs that a text run would otherwise ignore without a word, and methods that do
+    not fit text: the feature methods probe image feature maps, token_kd needs next-token predictions."""
+    method = config.distill.method if config.distill is not None else None
+    if method is not None and getattr(METHODS.get(method), "uses_feature_hooks", False):
+        raise ConfigError(f"method {method!r} matches image feature maps; for transformers use distill.hidden_weight "
+                          "(with hinton, dkd, dist or logit_mse for classifiers, token_kd for language models)")
+    if method == "token_kd" and config.data.dataset != "text":
+        raise ConfigError("method 'token_kd' distils next-token distributions of language models; a text classifier "
+                          "uses hinton, dkd, dist or logit_mse")
     if config.transfer is not None:
         raise ConfigError("transfer: chooses image and table transfer sets; a text run trains on data.path, remove it")
     distill = config.distill

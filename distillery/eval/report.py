@@ -181,7 +181,8 @@ def _gain_sentence(distilled: RunRecord, scratch: RunRecord, teacher: RunRecord 
     gain = 100 * (distilled_accuracy - scratch_accuracy)
     samples = distilled.evaluation.get("samples")
     if isinstance(samples, int) and samples == scratch.evaluation.get("samples") and samples > 0:
-        change = accuracy_difference(distilled_accuracy, scratch_accuracy, samples).describe()
+        unit = "test texts" if distilled.evaluation.get("task") == "text_classification" else "test images"
+        change = accuracy_difference(distilled_accuracy, scratch_accuracy, samples).describe(unit)
     else:  # runs evaluated on different test sets: no interval for their difference
         change = f"{gain:+.2f} points (test sets differ: no noise interval)"
     sentence = f"distillation changed test accuracy by {change}, against the student trained from scratch"

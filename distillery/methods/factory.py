@@ -18,12 +18,18 @@ def create_method(name: str, student: nn.Module, teacher: nn.Module | None = Non
         method = create_method("hinton", student, teacher, temperature=4.0, alpha=0.1)
     """
     method_class = METHODS.get(name)
-    accepted = [key for key in inspect.signature(method_class.__init__).parameters if key not in ("self", "student")]
+    parameters = inspect.signature(method_class.__init__).parameters
+    accepted = [key for key in parameters if key not in ("self", "student")]
     given = {key: value for key, value in options.items() if value is not None}
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         takes = ", ".join(key for key in accepted if key != "teacher") or "no options"
         raise ConfigError(f"method {name!r} does not take {', '.join(unknown)}; it takes: {takes}")
+    missing = [key for key in accepted if key != "teacher" and key not in given
+               and parameters[key].default is inspect.Parameter.empty]
+    if missing:
+        raise ConfigError(f"method {name!r} needs {' and '.join(missing)} (in distill:); see the method's table in "
+                          "the README")
     if "teacher" in accepted:
         if teacher is None:
             raise ConfigError(f"method {name!r} needs a teacher; set distill.teacher to a teacher's run directory")
