@@ -9,7 +9,7 @@ from torch import nn
 
 from distillery.app.config_file import load_config
 from distillery.app.language_data import load_language_teacher, teacher_entry
-from distillery.data.tokenizer import load_tokenizer
+from distillery.data.tokenizer import load_tokenizer, padding_id
 from distillery.errors import CheckpointError
 from distillery.models.checkpoint import load_model
 
@@ -46,6 +46,6 @@ def continue_text(model: nn.Module, tokenizer: Any, prompt: str, *, max_new_toke
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
     output = model.eval().generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id, use_cache=True,
+                                   pad_token_id=padding_id(tokenizer), use_cache=True,
                                    **sampling)
     return tokenizer.decode(output[0, ids.shape[1]:], skip_special_tokens=True)

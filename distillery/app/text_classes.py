@@ -8,8 +8,8 @@ import torch
 
 from distillery.app.config import DataConfig
 from distillery.app.data import SPLIT_SEED, split_off_validation
-from distillery.data.text_classes import TextClassSet, padding_id, read_labelled_texts
-from distillery.data.tokenizer import load_tokenizer
+from distillery.data.text_classes import TextClassSet, read_labelled_texts
+from distillery.data.tokenizer import load_tokenizer, padding_id
 from distillery.errors import ConfigError, DataError
 from distillery.models.text_transformers import config_of
 

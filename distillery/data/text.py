@@ -20,7 +20,7 @@ import torch
 
 from distillery.atomic import atomic_write
 from distillery.cache_dir import default_cache_dir
-from distillery.data.tokenizer import tokenizer_fingerprint
+from distillery.data.tokenizer import padding_id, tokenizer_fingerprint
 from distillery.errors import DataError
 
 _FORMAT = 1  # bump when the blocks a file makes change, so older caches are not read
@@ -137,8 +137,7 @@ def prompt_completion_blocks(pairs: list[tuple[str, str]], tokenizer: Any, block
                              source: str) -> TokenBlocks:
     """One block per pair: prompt, completion and the end-of-text token, cut to ``block_length + 1`` and padded;
     only predictions of completion tokens count. Raises DataError when a prompt leaves no completion token."""
-    end = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (end or 0)
+    end, pad = tokenizer.eos_token_id, padding_id(tokenizer)
     prompts, completions = _encode(tokenizer, [p for p, _ in pairs]), _encode(tokenizer, [c for _, c in pairs])
     tokens = torch.full((len(pairs), block_length + 1), pad, dtype=torch.int64)
     counted = torch.zeros(len(pairs), block_length, dtype=torch.bool)

@@ -11,6 +11,7 @@ import torch
 from distillery.data.batch import Batch
 from distillery.data.indexed_batches import IndexedBatches
 from distillery.data.text import read_jsonl
+from distillery.data.tokenizer import padding_id
 from distillery.errors import DataError
 
 
@@ -55,11 +56,6 @@ class TextClassSet:
             input_ids[row, : len(ids)] = torch.as_tensor(ids)
             attention[row, : len(ids)] = True
         return cls(input_ids, attention, torch.as_tensor(labels, dtype=torch.int64), class_names, source)
-
-
-def padding_id(tokenizer: Any) -> int:
-    """The token that pads short texts: the tokenizer's padding token, else its end-of-text token, else 0."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
 
 
 def read_labelled_texts(path: str | Path, text_column: str = "text", label_column: str = "label"

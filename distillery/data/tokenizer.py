@@ -56,6 +56,11 @@ def load_tokenizer(path: str | Path) -> Any:
                     "a .gguf model file")
 
 
+def padding_id(tokenizer: Any) -> int:
+    """The token that pads short texts: the tokenizer's padding token, else its end-of-text token, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A digest of everything that decides the tokens: the whole ``tokenizer.json`` and the special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)

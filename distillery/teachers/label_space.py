@@ -1,6 +1,7 @@
 """Teachers trained on different class sets, merged into one teacher over the union of their classes."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -85,27 +86,28 @@ class LabelSpaceMerge(nn.Module):
 
     def member_logits(self, inputs: torch.Tensor) -> list[torch.Tensor]:
         """Every teacher's logits over its own classes, checked against the class list it was given."""
-        return self.member_outputs(inputs)[0]
+        return self.member_outputs(inputs, representations=False)[0]
 
-    def member_outputs(self, inputs: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Every teacher's logits (as :meth:`member_logits`) and its representation, the input of its last linear
-        layer ``[B, ...]``; None for the representations unless every teacher has one per sample."""
-        outputs, representations = [], []
+    def member_outputs(self, inputs: torch.Tensor, representations: bool = True
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Every teacher's logits (as :meth:`member_logits`) and, with ``representations``, its representation, the
+        input of its last linear layer ``[B, ...]``; None for those unless every teacher has one per sample."""
+        outputs, read = [], []
         for index, member in enumerate(self.members):
             positions = getattr(self, f"positions_{index}")
-            with head_input(member) as captured:
+            with head_input(member) if representations else nullcontext([]) as captured:
                 logits = member(inputs)
-            representations.append(captured[-1] if captured else None)
+            read.append(captured[-1] if captured else None)
             if logits.dim() != 2 or logits.shape[1] != len(positions):
                 raise ModelError(f"teacher {index + 1} of the merge outputs {tuple(logits.shape[1:])} but names "
                                  f"{len(positions)} classes; give each teacher the class list it predicts")
             outputs.append(logits)
-        usable = all(r is not None and r.dim() >= 2 and len(r) == len(inputs) for r in representations)
-        return outputs, (representations if usable else None)
+        usable = representations and all(r is not None and r.dim() >= 2 and len(r) == len(inputs) for r in read)
+        return outputs, (read if usable else None)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.gate is not None:
-            return self._gated(*self.member_outputs(inputs))
+            return self._gated(*self.member_outputs(inputs, representations=self.gate_reads_representations))
         outputs = self.member_logits(inputs)
         merged = outputs[0].new_zeros(len(outputs[0]), len(self.classes))
         for index, (logits, weight) in enumerate(zip(outputs, self.teacher_weights)):
@@ -137,8 +139,6 @@ class LabelSpaceMerge(nn.Module):
 
     def _gated(self, outputs: list[torch.Tensor], representations: list[torch.Tensor] | None) -> torch.Tensor:
         log_probs = [torch.log_softmax(logits.float(), dim=-1) for logits in outputs]
-        if not self.gate_reads_representations:
-            representations = None
         gate = self.gate(teacher_features(log_probs, [logits.float() for logits in outputs], representations))
         joint = log_probs[0].new_full((len(outputs[0]), len(outputs), len(self.classes)), float("-inf"))
         for index, own in enumerate(log_probs):
