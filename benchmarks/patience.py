@@ -3,8 +3,8 @@
 
 Fashion-MNIST, a seeded slice of the training images (--train-limit), the MLP-128 or the tiny CNN 12-24-48 student
 (--student), the teacher of benchmarks/few_labels.py (trained on all labels; its run is reused). Runs are kept under
---out/<student>-seed<seed> and reused. The scratch reference is the student at
-its own best budget and its own best augmentation (all of them run, the best by validation accuracy).
+--out/<student>-seed<seed> and reused (give another --teacher its own --out). The scratch reference is the student
+at its own best budget and its own best augmentation (all of them run, the best by validation accuracy).
 
     OMP_NUM_THREADS=2 python benchmarks/patience.py [--epochs 20 60] [--train-limit 10000] [--seeds 0 1 2] [--views 1 4]
         [--student mlp|cnn] [--no-live]
@@ -12,6 +12,7 @@ its own best budget and its own best augmentation (all of them run, the best by 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -93,8 +94,11 @@ def main() -> None:
     teacher = finished(TEACHER, args.teacher)["accuracy"]
     tables, results = zip(*(one_seed(args, seed, teacher) for seed in args.seeds))
     source = provenance()
+    sizes = [json.loads((run / "model.json").read_text())["parameters"]
+             for run in (args.teacher, args.out / f"{args.student}-seed{args.seeds[0]}" / f"hinton-{args.epochs[0]}")]
     print(f"Machine: {source['machine']}. Commit `{source['commit']}`. Student {args.student} "
-          f"({STUDENTS[args.student]}), {args.train_limit:,} training images, teacher {teacher:.2%}. Wall time "
+          f"({STUDENTS[args.student]}, {sizes[1]:,} parameters, 1/{sizes[0] / sizes[1]:.1f} of the teacher's "
+          f"{sizes[0]:,}), {args.train_limit:,} training images, teacher {teacher:.2%}. Wall time "
           f"{time.perf_counter() - started:.0f} s.\n")
     print("\n".join(tables))
     if len(args.seeds) > 1:
