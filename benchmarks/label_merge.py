@@ -1,13 +1,17 @@
 """Two teachers that each know half of Fashion-MNIST's classes, one student over all ten (label-space merge).
 
 Trains the CNN of configs/fashion_mnist_teacher.yaml (fewer epochs) on each half of the classes, then, for
-every seed, the 128-unit MLP student of configs/fashion_mnist_scratch.yaml and fashion_mnist_distill.yaml with
-one budget: (a) from scratch on all labels, (b) distilled from the merged teachers with labels, (c) distilled
-from them without labels. With --overlap, also a pair of teachers whose class sets share two classes. Every run
+every seed, the 128-unit MLP student of configs/fashion_mnist_scratch.yaml and fashion_mnist_distill.yaml (or the
+tiny CNN 12-24-48, --student cnn) with one budget: (a) from scratch on all labels, (b) distilled from the merged
+teachers with labels, (c) distilled from them without labels, (d) with --calibrate, distilled without labels from
+the merge whose gate was fitted on a few labels per class (--arms picks among them). With --overlap, also a pair of
+teachers whose class sets share two classes; with --even-odd, teachers on the even and the odd classes. Every run
 goes through the same code path as `distillery train/distill`; finished runs are reused, so an interrupted
-benchmark continues where it stopped. Writes <out>/label_merge.json and prints a Markdown table.
+benchmark continues where it stopped. Writes <out>/label_merge.json (cnn-label_merge.json for --student cnn) and
+prints a Markdown table.
 
     python benchmarks/label_merge.py [--seeds 0 1 2] [--teacher-epochs 8] [--student-epochs 40] [--overlap]
+        [--even-odd] [--calibrate 10] [--student mlp|cnn] [--arms scratch labels unlabeled calibrated]
     python benchmarks/label_merge.py --quick     # digits, a few epochs: checks that the script works
 """
 from __future__ import annotations
@@ -33,6 +37,9 @@ SETUPS = {
     "digits": ("digits_teacher", "digits_scratch", "digits_distill"),
 }
 NO_LATENCY = ["measure_latency=false"]
+# --student: None keeps the student configs' own model (the 128-unit MLP)
+STUDENTS = {"mlp": None, "cnn": {"name": "cnn", "channels": [12, 24, 48], "hidden": 32}}
+ARMS = ("scratch", "labels", "unlabeled", "calibrated")
 
 
 def splits(class_names: list[str], overlap: bool, even_odd: bool = False) -> dict[str, tuple[list[str], list[str]]]:
@@ -57,11 +64,16 @@ def scores(model: torch.nn.Module, preprocessing: dict | None, test: ArrayDatase
             "second half": correct[~in_first].mean().item()}
 
 
+def slug(split: str) -> str:
+    """A split's name as one directory name ("even/odd" -> "even-odd")."""
+    return split.replace("/", "-")
+
+
 def train_teachers(args, config: Path, split: str, class_sets: tuple[list[str], list[str]], rows: dict) -> list[Path]:
     """Both teachers of a split (seed 0), with a row each: accuracy on the test samples of its own classes."""
     directories = []
     for half, classes in enumerate(class_sets):
-        name = f"teacher-{split}-{half}-e{args.teacher_epochs}"
+        name = f"teacher-{slug(split)}-{half}-e{args.teacher_epochs}"
         evaluation = finished_run(config, args.out, name, [f"data.classes={json.dumps(classes)}",
                                                            f"train.epochs={args.teacher_epochs}", *NO_LATENCY])
         rows[f"teacher on {', '.join(classes)} ({split})"] = {"own classes": evaluation["accuracy"]}
@@ -69,19 +81,21 @@ def train_teachers(args, config: Path, split: str, class_sets: tuple[list[str], 
     return directories
 
 
-def student_arms(scratch: Path, distilled: Path, teachers: dict[str, list[Path]], calibrate: int | None
-                 ) -> dict[str, tuple]:
-    """Row name -> (run-name prefix, config, overrides) of every student arm."""
-    arms = {"student from scratch, all labels": ("scratch", scratch, [])}
+def student_arms(scratch: Path, distilled: Path, teachers: dict[str, list[Path]], calibrate: int | None,
+                 kinds: list[str]) -> dict[str, tuple]:
+    """Row name -> (run-name prefix, config, overrides) of every student arm of the kinds asked for."""
+    arms = {"student from scratch, all labels": ("scratch", scratch, [])} if "scratch" in kinds else {}
     for split, directories in teachers.items():
         named = f"distill.teacher=[{', '.join(str(d) for d in directories)}]"
-        arms[f"student distilled from the merged {split} teachers, with labels"] = (
-            f"{split}-labels", distilled, [named])
-        arms[f"student distilled from the merged {split} teachers, without labels"] = (
-            f"{split}-unlabeled", distilled, [named, "transfer.labels=false", "distill.alpha=null"])
-        if calibrate:
+        if "labels" in kinds:
+            arms[f"student distilled from the merged {split} teachers, with labels"] = (
+                f"{slug(split)}-labels", distilled, [named])
+        if "unlabeled" in kinds:
+            arms[f"student distilled from the merged {split} teachers, without labels"] = (
+                f"{slug(split)}-unlabeled", distilled, [named, "transfer.labels=false", "distill.alpha=null"])
+        if calibrate and "calibrated" in kinds:
             arms[f"student distilled from the {split} teachers' merge calibrated on {calibrate} labels per class, "
-                 "otherwise without labels"] = (f"{split}-calibrated{calibrate}", distilled,
+                 "otherwise without labels"] = (f"{slug(split)}-calibrated{calibrate}", distilled,
                                                 [named, "transfer.labels=false", "distill.alpha=null",
                                                  f"distill.calibrate_merge={calibrate}"])
     return arms
@@ -97,6 +111,9 @@ def main() -> None:
     parser.add_argument("--even-odd", action="store_true", help="also teachers on the even and the odd classes")
     parser.add_argument("--calibrate", type=int, help="also calibrate each merge on this many labels per class")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out/label_merge")
+    parser.add_argument("--student", choices=sorted(STUDENTS), default="mlp",
+                        help="the student configs' MLP-128, or the tiny CNN 12-24-48 (Fashion-MNIST)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the student arms to run")
     parser.add_argument("--quick", action="store_true", help="digits, 2 teacher and 3 student epochs, seed 0")
     args = parser.parse_args()
     if args.quick:
@@ -119,19 +136,22 @@ def main() -> None:
             rows[f"merged {split} teachers, gate calibrated on {args.calibrate} labels per class"] = {
                 key: summarise([value]) for key, value in measured.items()}
     epochs = [f"train.epochs={args.student_epochs}"] if args.student_epochs else []
-    for row, (prefix, config, overrides) in student_arms(scratch, distilled, teachers, args.calibrate).items():
+    student = [f"model={json.dumps(STUDENTS[args.student])}"] if STUDENTS[args.student] else []
+    arms = student_arms(scratch, distilled, teachers, args.calibrate, args.arms)
+    tag = "" if args.student == "mlp" else f"{args.student}-"  # the MLP's runs keep their first names
+    for row, (prefix, config, overrides) in arms.items():
         per_seed = []
         for seed in args.seeds:
-            name = f"{prefix}-e{args.student_epochs or 'default'}-seed{seed}"
-            finished_run(config, args.out, name, [*overrides, *epochs, *NO_LATENCY, f"seed={seed}"])
+            name = f"{tag}{prefix}-e{args.student_epochs or 'default'}-seed{seed}"
+            finished_run(config, args.out, name, [*overrides, *epochs, *student, *NO_LATENCY, f"seed={seed}"])
             model, metadata = load_model(args.out / name)
             per_seed.append(scores(model, metadata["preprocessing"], test, first_half))
             print(f"{row}, seed {seed}: {per_seed[-1]['all']:.2%}", flush=True)
         rows[row] = {key: summarise([s[key] for s in per_seed]) for key in per_seed[0]}
     halves = [", ".join(first_half), ", ".join(class_sets["disjoint"][1])]
     result = {**provenance(), "dataset": args.dataset, "seeds": args.seeds, "teacher_epochs": args.teacher_epochs,
-              "student_epochs": args.student_epochs, "halves": halves, "rows": rows}
-    (args.out / "label_merge.json").write_text(json.dumps(result, indent=2))
+              "student": args.student, "student_epochs": args.student_epochs, "halves": halves, "rows": rows}
+    (args.out / f"{tag}label_merge.json").write_text(json.dumps(result, indent=2))
     print(markdown(result))
 
 
