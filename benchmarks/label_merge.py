@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from few_labels import STUDENTS as SPECS
 from kd_vs_scratch import ROOT, finished_run, provenance, summarise
 
 from distillery.app.config_file import load_config
@@ -38,7 +39,7 @@ SETUPS = {
 }
 NO_LATENCY = ["measure_latency=false"]
 # --student: None keeps the student configs' own model (the 128-unit MLP)
-STUDENTS = {"mlp": None, "cnn": {"name": "cnn", "channels": [12, 24, 48], "hidden": 32}}
+STUDENTS = {"mlp": None, "cnn": SPECS["cnn"]}
 ARMS = ("scratch", "labels", "unlabeled", "calibrated")
 
 

@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from few_labels import DATA, STUDENT, TEACHER, finished  # noqa: E402
+from few_labels import DATA, STUDENTS, TEACHER, finished  # noqa: E402
 from kd_vs_scratch import provenance  # noqa: E402
 
 from distillery.eval.noise import accuracy_difference  # noqa: E402
 
 AUGMENT = {"shift": 2, "flip": True}
-STUDENTS = {"mlp": STUDENT, "cnn": {"name": "cnn", "channels": [12, 24, 48], "hidden": 32}}
 
 
 def budget(epochs: int) -> dict:
