@@ -6,6 +6,7 @@ into OUTPUT_DIR, then runs ``distillery distill CONFIG.yaml`` into OUTPUT_DIR/di
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -47,9 +48,18 @@ def train_recording() -> tuple[dict[str, torch.Tensor], list[list[int]], list[di
     return {name: value.detach().clone() for name, value in result.model.state_dict().items()}, steps, result.history
 
 
+def native_threads() -> list[str]:
+    """The names of this process's threads, Python's and native ones (gloo's are pt_gloo_runloop, gloo_tcp_loop)."""
+    tasks = Path("/proc/self/task")
+    return sorted((task / "comm").read_text().strip() for task in tasks.iterdir()) if tasks.is_dir() else []
+
+
 def main(output_dir: Path, config: str) -> None:
-    weights, steps, history = train_recording()
     rank = int(os.environ["RANK"])
+    # Registered before distillery joins the process group, so it runs after distillery's own exit handler
+    # (last registered, first run) has ended the group: which threads would live on into interpreter shutdown.
+    atexit.register(lambda: (output_dir / f"rank{rank}-threads-at-exit.json").write_text(json.dumps(native_threads())))
+    weights, steps, history = train_recording()
     save_file(weights, str(output_dir / f"rank{rank}.safetensors"))
     (output_dir / f"rank{rank}.json").write_text(json.dumps({"steps": steps, "history": history}))
     app(["distill", config, "--set", f"output_dir={output_dir / 'distilled'}"], standalone_mode=False)

@@ -192,6 +192,26 @@ def test_two_processes_split_every_batch_and_train_like_one(two_processes):
             assert mine["train/loss"] == pytest.approx(theirs["train/loss"], rel=1e-5)
 
 
+def test_no_native_thread_of_the_process_group_outlives_the_run(two_processes):
+    """Gloo's threads alive at interpreter shutdown can abort a finished process (SIGABRT): none may be left."""
+    output_dir, _ = two_processes
+    for rank in range(2):
+        threads = json.loads((output_dir / f"rank{rank}-threads-at-exit.json").read_text())
+        if not threads:
+            pytest.skip("this system has no /proc/self/task to list threads")
+        assert not [name for name in threads if "gloo" in name], threads
+
+
+def test_a_process_exits_cleanly_while_a_gloo_thread_still_calls_back_into_python():
+    environment = {key: value for key, value in os.environ.items() if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    environment.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPOSITORY), environment.get("PYTHONPATH", "")]))
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(REPOSITORY / "tests" / "exit_worker.py")], env=environment, capture_output=True, text=True, timeout=120)
+    assert "terminate called" not in completed.stderr, completed.stderr[-2000:]
+    assert completed.returncode == 0 and completed.stdout.count(" exits") == 2, completed.stderr[-2000:]
+
+
 def test_torchrun_distills_with_two_processes_like_one(two_processes, distill_config, monkeypatch):
     output_dir, stdout = two_processes
     monkeypatch.setenv("DISTILLERY_CACHE", str(distill_config.parent / "cache-single"))

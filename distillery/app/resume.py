@@ -48,10 +48,10 @@ def start_or_resume(run_dir: RunDirectory, config: RunConfig, method, saved: Sav
         check_compilable(method)
     if saved is not None:
         saved.check_fits(method, context.world_size)  # on every process: each loads its own part of the state
-    if context.is_main and saved is None:
-        run_dir.start(dump_config(config))
-    elif context.is_main:
-        run_dir.resume(saved.history, peers)
+    if saved is None:
+        context.main_only(lambda: run_dir.start(dump_config(config)))
+    else:
+        context.main_only(lambda: run_dir.resume(saved.history, peers))
 
 
 def checkpointer_for(config: RunConfig, run_dir: RunDirectory, saved: SavedState | None,

@@ -27,7 +27,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from distillery.data.batch import Batch, as_batch
 from distillery.engine.device import resolve_device
-from distillery.errors import ConfigError
+from distillery.errors import ConfigError, DistilleryError
 
 if TYPE_CHECKING:
     from distillery.methods.base import Method
@@ -139,6 +139,27 @@ class DistributedContext:
             return f"torchrun --standalone --nproc_per_node {self.world_size} -m distillery"
         return f"torchrun <the launch options, {self.world_size} processes in all> -m distillery"
 
+    def main_only(self, work: Callable[[], None]) -> None:
+        """``work()`` on rank 0 alone; a user error it raises is raised on every process.
+
+        Without that, the other processes would go on into the next collective and break there, with gloo's
+        "connection closed by peer" traceback, once rank 0 had exited with the error.
+        """
+        if not self.active:
+            work()
+            return
+        failure = None
+        if self.is_main:
+            try:
+                work()
+            except DistilleryError as error:
+                failure = (type(error).__name__, str(error))
+        failure = self.gather(failure)[0]
+        if failure is not None:
+            kinds = {kind.__name__: kind for kind in DistilleryError.__subclasses__()
+                     if kind.__init__ is DistilleryError.__init__}  # those made from a message alone
+            raise kinds.get(failure[0], DistilleryError)(failure[1])
+
     def main_first(self, work: Callable[[], Result]) -> Result:
         """``work()`` on rank 0 first, then on each other machine's first process, then on the rest.
 
@@ -244,9 +265,21 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
     target = context.place(resolve_device(device))
     if target.type == "cuda":
         torch.cuda.set_device(target)
+    # DDP's constructor imports torch._dynamo. Imported after the process group exists, it holds the group in a way
+    # destroy_process_group does not release (measured with torch 2.13: gloo's worker and socket threads stay
+    # alive), so those native threads run on into interpreter shutdown, where one can abort the process
+    # ("terminate called without an active exception") at the end of a finished run. Imported first, it holds
+    # nothing, and destroying the group at exit joins every one of its threads while Python is still whole.
+    import torch._dynamo  # noqa: F401
     dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
-    atexit.register(dist.destroy_process_group)
+    atexit.register(end_distributed)
     return context
+
+
+def end_distributed() -> None:
+    """Destroy the process group (joining its native threads); at exit, and by a program done with torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def is_main_process() -> bool:
