@@ -6,57 +6,51 @@ Example::
     result = distillery.distill(teacher, student, train_loader, val_loader, temperature=4.0, alpha=0.1)
     print(distillery.evaluate(result.model, test_loader, teacher=teacher))
 """
-from distillery.app.api import distill, distill_online, mutual, train
-from distillery.app.config import RunConfig
-from distillery.app.config_file import load_config
-from distillery.app.demo import demo
-from distillery.app.evaluation import evaluate, evaluate_checkpoint
-from distillery.app.fit import Result
-from distillery.app.run import run
-from distillery.app.self_distillation import BornAgainResult, born_again, deep_supervision
-from distillery.app.tune import tune
-from distillery.app.tune_result import TunePoint, TuneResult
-from distillery.compress import compress_report, export_model, quantize_model
-from distillery.data import ArrayDataset, Batch, BatchIterator, load_dataset
-from distillery.errors import CheckpointError, ConfigError, DataError, DistilleryError, ModelError, RunExistsError
-from distillery.eval.report import write_report
-from distillery.models import build_model
-from distillery.models.checkpoint import load_model
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from distillery.errors import CheckpointError, ConfigError, DataError, DistilleryError, ModelError, RunExistsError  # noqa: F401
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ArrayDataset",
-    "Batch",
-    "BatchIterator",
-    "BornAgainResult",
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "DistilleryError",
-    "ModelError",
-    "Result",
-    "RunConfig",
-    "RunExistsError",
-    "TunePoint",
-    "TuneResult",
-    "born_again",
-    "build_model",
-    "compress_report",
-    "deep_supervision",
-    "demo",
-    "distill",
-    "distill_online",
-    "evaluate",
-    "evaluate_checkpoint",
-    "export_model",
-    "load_config",
-    "load_dataset",
-    "load_model",
-    "mutual",
-    "quantize_model",
-    "run",
-    "train",
-    "tune",
-    "write_report",
-]
+# The public API, imported on first use: importing the package (and so `distillery --help`) stays free of
+# torch, matplotlib, onnx and transformers until a name that needs them is touched.
+_LAZY = {
+    "distill": "distillery.app.api", "distill_online": "distillery.app.api", "mutual": "distillery.app.api",
+    "train": "distillery.app.api",
+    "RunConfig": "distillery.app.config",
+    "load_config": "distillery.app.config_file",
+    "demo": "distillery.app.demo",
+    "evaluate": "distillery.app.evaluation", "evaluate_checkpoint": "distillery.app.evaluation",
+    "Result": "distillery.app.fit",
+    "run": "distillery.app.run",
+    "BornAgainResult": "distillery.app.self_distillation", "born_again": "distillery.app.self_distillation",
+    "deep_supervision": "distillery.app.self_distillation",
+    "tune": "distillery.app.tune",
+    "TunePoint": "distillery.app.tune_result", "TuneResult": "distillery.app.tune_result",
+    "compress_report": "distillery.compress", "export_model": "distillery.compress",
+    "quantize_model": "distillery.compress",
+    "ArrayDataset": "distillery.data", "Batch": "distillery.data", "BatchIterator": "distillery.data",
+    "load_dataset": "distillery.data",
+    "write_report": "distillery.eval.report",
+    "build_model": "distillery.models",
+    "load_model": "distillery.models.checkpoint",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'distillery' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = sorted(["CheckpointError", "ConfigError", "DataError", "DistilleryError", "ModelError", "RunExistsError",
+                  *_LAZY])

@@ -10,18 +10,12 @@ from typing import List, Optional
 
 import typer
 
-from distillery.app.config_file import load_config
-from distillery.app.demo import demo as run_demo
-from distillery.app.evaluation import evaluate_checkpoint
-from distillery.app.generate import generate_text
-from distillery.app.resume import resume_config
-from distillery.app.run import run
-from distillery.app.transfer import build_teacher_cache
-from distillery.app.tune import MAX_POINTS, parse_grid, tune
-from distillery.compress import DEFAULT_TOLERANCE, compress_report, export_model, quantize_model
-from distillery.engine.distributed import is_main_process
+from distillery.defaults import EXPORT_TOLERANCE, TUNE_MAX_POINTS
 from distillery.errors import ConfigError, DistilleryError, TrainingInterrupted
-from distillery.eval.report import write_report
+from distillery.messages import set_verbosity
+
+# Each command imports what it calls when it runs: torch, matplotlib, onnx and transformers take seconds to
+# import, and `distillery --help`, `--version` and a mistyped option should answer at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distil a small student model from a large teacher, and measure what it bought.")
@@ -33,6 +27,12 @@ SET_HELP = "Override a config value, e.g. --set train.epochs=5 (repeatable)."
 DEBUG = {"on": False}
 
 
+def _is_main_process() -> bool:
+    from distillery.engine.distributed import is_main_process
+
+    return is_main_process()
+
+
 def user_errors(command):
     """A user's mistake becomes one line on stderr and exit code 2; Ctrl-C exits 130 quietly; bugs still raise."""
 
@@ -41,7 +41,7 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TrainingInterrupted as error:
-            if is_main_process():  # under torchrun every process stops with this; rank 0 says it once
+            if _is_main_process():  # under torchrun every process stops with this; rank 0 says it once
                 typer.echo(str(error), err=True)  # not a mistake: the state is saved and the message says how to go on
             raise typer.Exit(error.exit_code) from None
         except DistilleryError as error:
@@ -59,6 +59,9 @@ def user_errors(command):
 
 def _resolved_config(config_path: Optional[Path], overrides: list[str], overwrite: bool, quiet: bool,
                      resume: Optional[Path]):
+    from distillery.app.config_file import load_config
+    from distillery.app.resume import resume_config
+
     quiet_override = ["progress=false"] if quiet else []
     if resume is None:
         if config_path is None:
@@ -72,6 +75,7 @@ def _resolved_config(config_path: Optional[Path], overrides: list[str], overwrit
 
 def _run_config(config_path: Optional[Path], overrides: list[str], overwrite: bool, quiet: bool, *, distilling: bool,
                 resume: Optional[Path] = None) -> None:
+    set_verbosity(quiet=quiet, debug=DEBUG["on"])
     resolved = _resolved_config(config_path, overrides, overwrite, quiet, resume)
     config_path = config_path or resume / "config.yaml"
     if distilling and resolved.distill is None:
@@ -79,13 +83,25 @@ def _run_config(config_path: Optional[Path], overrides: list[str], overwrite: bo
                           "add one, or use `distillery train`")
     if not distilling and resolved.distill is not None:
         raise ConfigError(f"{config_path} has a distill: section; run `distillery distill {config_path}` instead")
+    from distillery.app.run import run
+
     run_dir = run(resolved, overwrite=overwrite, resume=resume is not None)
-    if not is_main_process():
+    if not _is_main_process():
         return  # under torchrun rank 0 reports for all
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
-    typer.echo(f"{run_dir}: test accuracy {evaluation['accuracy']:.2%}, {evaluation['parameters']:,} parameters")
+    typer.echo(result_line(run_dir, evaluation))
     for name, peer in evaluation.get("peers", {}).items():
-        typer.echo(f"{run_dir / 'peers' / name}: test accuracy {peer['accuracy']:.2%}, {peer['parameters']:,} parameters")
+        typer.echo(result_line(run_dir / "peers" / name, peer))
+
+
+def result_line(run_dir: Path, evaluation: dict) -> str:
+    """What a finished run says: test perplexity for a language model (the teacher's beside it), else accuracy."""
+    parameters = f"{evaluation['parameters']:,} parameters" if "parameters" in evaluation else None
+    metric, shown = ("perplexity", "{:.2f}") if "perplexity" in evaluation else ("accuracy", "{:.2%}")
+    teacher = evaluation.get("teacher") if isinstance(evaluation.get("teacher"), dict) else {}
+    against = f" (teacher {shown.format(teacher[metric])})" if metric in teacher else ""
+    measured = f"test {metric} {shown.format(evaluation[metric])}{against}"
+    return ", ".join(filter(None, [f"{run_dir}: {measured}", parameters]))
 
 
 def _show_version(value: bool) -> None:
@@ -100,12 +116,13 @@ def options(version: bool = typer.Option(False, "--version", callback=_show_vers
             debug: bool = typer.Option(False, "--debug", help="With an error, also print its traceback.")) -> None:
     """Distil a small student model from a large teacher, and measure what it bought."""
     DEBUG["on"] = debug
+    set_verbosity(debug=debug)
 
 
 OVERWRITE = typer.Option(False, help="Replace a finished run in output_dir.")
 ALLOW_FACTORY = typer.Option([], "--allow-factory", help="A package.module:function factory the checkpoints may name "
                              "as their architecture (repeatable); only built-in ones otherwise.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bars and no notes; errors and warnings still print.")
 OVERRIDES = typer.Option([], "--set", help=SET_HELP)
 RESUME = typer.Option(None, "--resume", help="Continue the interrupted run in this directory from its saved state.")
 
@@ -135,6 +152,9 @@ def cache(config: Path = typer.Argument(..., help="Run configuration (YAML) with
           set_: List[str] = OVERRIDES,
           rebuild: bool = typer.Option(False, help="Recompute the teacher's outputs and replace the cache.")) -> None:
     """Compute the teacher's outputs on the config's transfer set once and cache them for later runs."""
+    from distillery.app.config_file import load_config
+    from distillery.app.transfer import build_teacher_cache
+
     typer.echo(build_teacher_cache(load_config(config, set_), rebuild=rebuild))
 
 
@@ -149,13 +169,17 @@ def tune_command(
                                                   "(default: the config's output_dir + '-tune')."),
         final: bool = typer.Option(False, help="Then train the best config at the config's epochs into OUTPUT_DIR/final."),
         overwrite: bool = typer.Option(False, help="Train every point again; replace another tune in OUTPUT_DIR."),
-        max_points: int = typer.Option(MAX_POINTS, min=1, help="Refuse a grid of more points than this."),
+        max_points: int = typer.Option(TUNE_MAX_POINTS, min=1, help="Refuse a grid of more points than this."),
         set_: List[str] = OVERRIDES, quiet: bool = QUIET) -> None:
     """Distil once per grid point, and once from scratch; choose the settings by validation accuracy.
 
     Without --grid: distill.temperature=1,2,4 x distill.alpha=0.1,0.5,0.9 (methods with both).
     Writes tune.json, tune.md, best.yaml and, for a grid of two keys, the tune.png heat map.
     """
+    from distillery.app.config_file import load_config
+    from distillery.app.tune import parse_grid, tune
+
+    set_verbosity(quiet=quiet, debug=DEBUG["on"])
     resolved = load_config(config, set_ + (["progress=false"] if quiet else []))
     result = tune(resolved, parse_grid(grid) if grid else None, epochs=epochs, output_dir=output_dir,
                   final=final, overwrite=overwrite, max_points=max_points)
@@ -177,6 +201,7 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A run directory or a .
              as_json: bool = typer.Option(False, "--json", help="Print JSON."),
              allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Accuracy, NLL, calibration, agreement, size and CPU latency of a checkpoint on its test set."""
+    from distillery.app.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, teacher=teacher, dataset=dataset, data_path=data_path,
                                  test_limit=limit, latency=latency, allow_factories=allow_factory)
@@ -209,6 +234,8 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished language-model
              seed: int = typer.Option(0, help="The sampling seed."),
              teacher: bool = typer.Option(True, help="Continue the prompt with the run's teacher too.")) -> None:
     """Continue a prompt with a language-model run's student, beside its teacher."""
+    from distillery.app.generate import generate_text
+
     texts = generate_text(run_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                           teacher=teacher)
     for name, text in texts.items():
@@ -221,6 +248,8 @@ def report(run_dirs: List[Path] = typer.Argument(..., help="Run directories to c
            output: Path = typer.Option(Path("report"), "--output", "-o", help="Where to write the report."),
            title: str = typer.Option("Distillation report", help="The report's title.")) -> None:
     """Write a Markdown + HTML report with plots comparing finished runs."""
+    from distillery.eval.report import write_report
+
     written = write_report(run_dirs, output, title=title)
     typer.echo(f"report written: {written['html']} and {written['markdown']}")
 
@@ -231,9 +260,11 @@ def demo(dataset: str = typer.Option("digits", help="digits (embedded, under 3 m
          output_dir: Path = typer.Option(Path("demo-out"), help="Where the three runs and the report go."),
          overwrite: bool = typer.Option(False, help="Replace the runs of an earlier demo."),
          seed: int = typer.Option(0, help="Random seed."),
-         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars.")) -> None:
+         quiet: bool = QUIET) -> None:
     """Teacher -> student from scratch -> distilled student on an embedded dataset, then the report."""
+    from distillery.app.demo import demo as run_demo
 
+    set_verbosity(quiet=quiet, debug=DEBUG["on"])
     result = run_demo(dataset, output_dir, overwrite=overwrite, seed=seed, progress=not quiet)
     if result.setting:
         typer.echo(f"Setting: {result.setting}.\n")
@@ -247,10 +278,12 @@ def export(checkpoint: Path = typer.Argument(..., help="A run directory or a .sa
            format_: str = typer.Option("onnx", "--format", help="onnx, or pt2 (torch.export's ExportedProgram)."),
            output: Optional[Path] = typer.Option(None, "--output", "-o",
                                                  help="Where to write it (default: <run>/model.onnx or .pt2)."),
-           tolerance: float = typer.Option(DEFAULT_TOLERANCE,
+           tolerance: float = typer.Option(EXPORT_TOLERANCE,
                                            help="Largest absolute logit difference from PyTorch accepted."),
            allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Export a checkpoint's model (the student only) and verify it against PyTorch on its test set."""
+    from distillery.compress import export_model
+
     result = export_model(checkpoint, format=format_, output=output, tolerance=tolerance,
                           allow_factories=allow_factory)
     typer.echo(f"{result.path}: {result.parameters:,} parameters, {result.size_bytes / 1024:.1f} KiB")
@@ -270,6 +303,8 @@ def quantize(checkpoint: Path = typer.Argument(..., help="A run directory or a .
                                                    help="Where to write it (default: <run>/model.int8.onnx)."),
              allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Quantize a checkpoint's model to an int8 ONNX model and compare it with the fp32 one on the test set."""
+    from distillery.compress import quantize_model
+
     result = quantize_model(checkpoint, mode=mode, calibration_samples=calibration_samples,
                             calibration_dataset=calibration_dataset, calibration_path=calibration_path, output=output,
                             allow_factories=allow_factory)
@@ -295,6 +330,8 @@ def compress_report_command(
         threads: Optional[int] = typer.Option(None, min=1, help="ONNX Runtime threads (default: torch's)."),
         allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Teacher and distilled student in fp32 and int8, and the student from scratch, measured in ONNX Runtime."""
+    from distillery.compress import compress_report
+
     result = compress_report(teacher, scratch, distilled, output_dir, threads=threads, allow_factories=allow_factory)
     typer.echo(result.table)
     typer.echo(f"report written: {result.markdown}, {result.json} and {result.plot}")

@@ -138,6 +138,28 @@ def test_help_exits_zero_and_lists(args):
 
 # ---------------------------------------------------------------- the real process
 
+HEAVY = ("torch", "onnx", "onnxruntime", "matplotlib", "transformers", "datasets", "scipy", "sklearn", "pyarrow")
+
+
+def test_the_command_line_loads_no_heavy_library_until_a_command_runs():
+    # Each takes from a tenth of a second to seconds to import; `distillery --help` and a typo must answer at once.
+    code = f"import sys, distillery.cli; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args, expected", [(["--help"], "distill"), (["--version"], "distillery 0.1.0"),
+                                            (["trian"], "No such command")], ids=["help", "version", "typo"])
+def test_help_version_and_a_typo_answer_from_a_real_process(args, expected):
+    completed = subprocess.run([sys.executable, "-m", "distillery", *args], capture_output=True, text=True,
+                               timeout=60)
+    assert expected in completed.stdout + completed.stderr
+    assert completed.returncode == (2 if args == ["trian"] else 0)
+    assert "Traceback" not in completed.stderr
+
+
+
 
 @pytest.mark.parametrize("train, overrides, fragment", [
     ({"epoch": 1}, [], "did you mean 'epochs'"),
@@ -162,7 +184,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "run_demo", interrupted)
+    monkeypatch.setattr("distillery.app.demo.demo", interrupted)
     result = CliRunner().invoke(cli.app, ["demo", "--output-dir", str(tmp_path), "-q"])
     assert result.exit_code == 130
     assert "interrupted" in result.stderr and "Traceback" not in result.output

@@ -152,8 +152,13 @@ def test_train_then_distill_a_tiny_language_model_from_yaml(tmp_path, tokenizer_
     student = lm_config(student_dir, model={"name": "causal_lm", "config": tiny_config("llama", layers=1, width=48)},
                         distill={"teacher": str(teacher_dir), "method": "token_kd", "divergence": "reverse_kl",
                                  "init_from_teacher": True})
-    assert_ok(invoke("distill", write_yaml(tmp_path / "student.yaml", student)))
+    distilled = invoke("distill", write_yaml(tmp_path / "student.yaml", student))
+    assert_ok(distilled)
     evaluation = json.loads((student_dir / "evaluation.json").read_text())
+    # The result line speaks of perplexity, the teacher's beside the student's, not of next-token accuracy.
+    assert distilled.stdout.strip() == (f"{student_dir}: test perplexity {evaluation['perplexity']:.2f} (teacher "
+                                        f"{evaluation['teacher']['perplexity']:.2f}), "
+                                        f"{evaluation['parameters']:,} parameters")
     assert evaluation["teacher"]["perplexity"] == pytest.approx(
         json.loads((teacher_dir / "evaluation.json").read_text())["perplexity"], rel=0.2)
     assert evaluation["perplexity"] < 0.5 * VOCABULARY

@@ -54,14 +54,18 @@ def test_a_users_teacher_is_built_loaded_checked_and_fed_its_own_inputs(own_teac
     monkeypatch.chdir(folder)  # the factory's module is in the folder the command runs from
     config = write_yaml(tmp_path / "run.yaml", run_config(
         tmp_path / "student", data={"dataset": "digits", "val_fraction": 0.1, "normalize": True},
-        model={"name": "mlp", "hidden": [32]}, train={"epochs": 15, "lr": 0.01, "batch_size": 64}, progress=True,
+        model={"name": "mlp", "hidden": [32]}, train={"epochs": 15, "lr": 0.01, "batch_size": 64}, progress=False,
         distill={"teacher": spec(folder, normalizer)}))
     result = invoke("distill", str(config))
     assert_ok(result)
-    # The teacher's accuracy as distillery feeds it equals its accuracy in its own pipeline.
+    # The teacher's accuracy as distillery feeds it equals its accuracy in its own pipeline; it is printed without
+    # progress bars and whatever standard error is (here a test runner's buffer, not a terminal).
     assert f"teacher user_models_a:make_teacher: {own_accuracy:.2%} test accuracy" in result.stderr
     evaluation = json.loads((tmp_path / "student" / "evaluation.json").read_text())
     assert evaluation["agreement"] > 0.85
+    quiet = invoke("distill", str(config), "--quiet", "--overwrite", "--set", "train.epochs=1")
+    assert_ok(quiet)
+    assert "test accuracy on this data" not in quiet.stderr  # --quiet silences notes and checks
 
 
 def test_weights_that_do_not_fit_the_factory_are_named(own_teacher, tmp_path, monkeypatch):

@@ -6,7 +6,6 @@ See docs/run-directory.md for the files; :func:`distillery.born_again` does the 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from distillery.app.teachers import teachers_and_data
 from distillery.app.write import run_metadata
 from distillery.data import BatchIterator
 from distillery.engine import RunDirectory, resolve_device
+from distillery.messages import note
 from distillery.engine.distributed import setup_distributed
 from distillery.models import build_model
 
@@ -81,7 +81,6 @@ class GenerationWriter:
         self.teacher = config.distill.teacher  # generation 0 when given
         self.test_batches = BatchIterator(data.test, 512)
         self.latency = config.measure_latency
-        self.progress = config.progress
         self.directories: dict[int, RunDirectory] = {}
         self.summaries: list[dict[str, Any]] = []
         self.previous: nn.Module | None = None
@@ -118,8 +117,7 @@ class GenerationWriter:
             directory.save_model("model", result.model, metadata)
             summary["checkpoint"] = str(directory.path.relative_to(self.run_dir.path))
         self.summaries.append(summary)
-        if self.progress:
-            print(f"generation {generation}: test accuracy {evaluation['accuracy']:.2%}", file=sys.stderr)
+        note(f"generation {generation}: test accuracy {evaluation['accuracy']:.2%}")
 
     def finish(self, result: BornAgainResult) -> None:
         last = result.generations[-1]

@@ -1,4 +1,4 @@
-"""The run configuration: one YAML file, validated by pydantic, describing one run (see docs/configuration.md)."""
+"""The run configuration: one YAML file, validated by pydantic, describing one run (every key: README.md, "Configuration")."""
 from __future__ import annotations
 
 from pathlib import Path

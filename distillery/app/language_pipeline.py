@@ -3,7 +3,6 @@ Language models (next-token prediction) and text classifiers alike (see :mod:`di
 the same engine as every other run: the trainer, the training state and resume, torchrun, the run directory."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from distillery.engine import RunDirectory, resolve_device
 from distillery.engine.distributed import DistributedContext, setup_distributed
 from distillery.engine.training_state import read_training_state
 from distillery.errors import ConfigError, NumericalError
+from distillery.messages import note
 from distillery.methods import METHODS
 from distillery.models import build_model, count_parameters, initialize_from_teacher
 from distillery.models.text_transformers import architecture_config, every_kth_block_map
@@ -58,14 +58,13 @@ def run_language_model(config: RunConfig, *, overwrite: bool = False, resume: bo
         layer_map = config.distill.init_layer_map or every_kth_block_map(model, teacher)
         metadata["initialized_from_teacher"] = initialize_from_teacher(model, teacher, layer_map).summary()
     method = build_method(config, model, teacher, input_shape, classes)
-    note = _attach_top_k_targets(config, method, teacher, data, context, metadata)
+    top_k_note = _attach_top_k_targets(config, method, teacher, data, context, metadata)
     start_or_resume(run_dir, config, method, saved, [], context)
     if context.is_main:
         run_dir.save_tokenizer(data.tokenizer)
-    if config.progress and context.is_main:
-        for line in (task.describe(data), note, metadata.get("initialized_from_teacher")):
-            if line:
-                print(line, file=sys.stderr)
+    for line in (task.describe(data), top_k_note, metadata.get("initialized_from_teacher")):
+        if line:
+            note(line)
 
     writer = RunWriter(run_dir, metadata, {})
     batch_size = config.train.batch_size

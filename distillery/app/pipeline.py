@@ -1,7 +1,6 @@
 """One run, its steps in order: config -> build (data, teachers, student, method, transfer batches) -> fit -> write."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from distillery.engine import RunDirectory
 from distillery.engine.distributed import setup_distributed
 from distillery.engine.training_state import read_training_state
 from distillery.errors import NumericalError
+from distillery.messages import note
 from distillery.models import build_model, initialize_from_teacher
 
 
@@ -46,11 +46,10 @@ def run_pipeline(config: RunConfig, *, overwrite: bool = False, resume: bool = F
     plan = context.main_first(lambda: transfer_plan(config, data, teachers, teacher))  # rank 0 writes the cache first
     plan.apply_to(method)
     start_or_resume(run_dir, config, method, saved, list(peers), context)
-    talk = config.progress and context.is_main
-    if plan.note and talk:
-        print(plan.note, file=sys.stderr)
-    if "initialized_from_teacher" in metadata and talk:
-        print(f"student initialised: {metadata['initialized_from_teacher']}", file=sys.stderr)
+    if plan.note:
+        note(plan.note)
+    if "initialized_from_teacher" in metadata:
+        note(f"student initialised: {metadata['initialized_from_teacher']}")
 
     # Fit, writing each epoch's record and last weights as it goes.
     writer = RunWriter(run_dir, metadata, peers)

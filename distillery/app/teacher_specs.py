@@ -2,13 +2,13 @@
 or outputs computed elsewhere) turned into a checked, frozen teacher."""
 from __future__ import annotations
 
-import sys
 
 from distillery.app.config_sections import TeacherSpec
 from distillery.app.data import PreparedData
 from distillery.data import BatchIterator
 from distillery.errors import ConfigError, ModelError
 from distillery.eval.metrics import accuracy, predict
+from distillery.messages import note
 from distillery.models.huggingface import load_pretrained_classifier
 from distillery.teachers.from_config import LoadedTeacher
 from distillery.teachers.outputs_table import OutputsTable
@@ -64,4 +64,4 @@ def report_teacher_accuracy(loaded: LoadedTeacher, data: PreparedData) -> None:
     if "class_names" in loaded.metadata and list(loaded.metadata["class_names"]) != list(data.test.class_names):
         return  # another label space: its accuracy on these labels means nothing
     logits, labels = predict(loaded.model, BatchIterator(data.test, 512))
-    print(f"teacher {loaded.path}: {accuracy(logits, labels):.2%} test accuracy on this data", file=sys.stderr)
+    note(f"teacher {loaded.path}: {accuracy(logits, labels):.2%} test accuracy on this data")

@@ -2,7 +2,7 @@
 inputs, and combine several into the one teacher a method distils from."""
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Any
 
 import torch
@@ -13,6 +13,7 @@ from distillery.app.config_sections import TeacherSpec
 from distillery.app.data import SPLIT_SEED, PreparedData, check_model_fits, prepare_data
 from distillery.app.teacher_specs import load_from_spec, report_teacher_accuracy
 from distillery.errors import ConfigError
+from distillery.messages import logger, note
 from distillery.methods import method_accepts, method_default
 from distillery.teachers.ensemble import EnsembleTeacher
 from distillery.teachers.from_config import LoadedTeacher, combine_teachers, load_teachers
@@ -56,7 +57,8 @@ def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedD
         own = teacher_normalizer(first.preprocessing, first.name) if first.outputs is None else None
     else:
         own = teacher_normalizer(runs[0].metadata.get("preprocessing"), runs[0].path) if runs else None
-    data = prepare_data(config.data, own, config.transfer)
+    data = prepare_data(config.data, own, config.transfer,
+                        preprocessing_of=f"teacher {first.name if isinstance(first, TeacherSpec) else first}")
     teachers = [runs[index] if index in runs else load_from_spec(entry, data) for index, entry in enumerate(entries)]
     for loaded in teachers:
         if isinstance(loaded.model, OutputsTable):
@@ -68,15 +70,15 @@ def teachers_and_data(config: RunConfig) -> tuple[list[LoadedTeacher], PreparedD
                         input_shape=data.test.input_shape, source=loaded.path)
         prefer_channels_last(loaded.model, data.test.inputs[:2])
     for entry, loaded in zip(entries, teachers):
-        if isinstance(entry, TeacherSpec) and entry.check and entry.outputs is None and config.progress:
+        if isinstance(entry, TeacherSpec) and entry.check and entry.outputs is None and logger.isEnabledFor(logging.INFO):
             report_teacher_accuracy(loaded, data)
     teacher = teacher_for(config, teachers, data.test.class_names) if teachers else None
     if config.distill is not None and config.distill.calibrate_merge:
-        calibrate_merge(teacher, data, config.distill.calibrate_merge, talk=config.progress)
+        calibrate_merge(teacher, data, config.distill.calibrate_merge)
     return teachers, data, teacher
 
 
-def calibrate_merge(teacher: nn.Module | None, data: PreparedData, per_class: int, *, talk: bool) -> None:
+def calibrate_merge(teacher: nn.Module | None, data: PreparedData, per_class: int) -> None:
     """Fit the gate of a merge of teachers of different class sets on ``per_class`` labelled training samples
     of every class (a seeded choice), fed as the student's batches are."""
     if not isinstance(teacher, LabelSpaceMerge):
@@ -89,9 +91,8 @@ def calibrate_merge(teacher: nn.Module | None, data: PreparedData, per_class: in
     inputs = data.train.inputs[chosen]
     inputs = data.normalizer(inputs) if data.normalizer is not None else inputs
     nll = teacher.calibrate(inputs, data.train.labels[chosen])
-    if talk:
-        print(f"label-space merge calibrated on {len(chosen)} labelled samples (up to {per_class} per class; "
-              f"gate NLL {nll:.3f})", file=sys.stderr)
+    note(f"label-space merge calibrated on {len(chosen)} labelled samples (up to {per_class} per class; "
+         f"gate NLL {nll:.3f})")
 
 
 def teacher_for(config: RunConfig, teachers: list[LoadedTeacher], classes: list[str]) -> nn.Module:

@@ -23,13 +23,14 @@ from distillery.app.config_file import build_config, load_config, merge
 from distillery.app.run import run
 from distillery.app.tune_files import write_tune_files
 from distillery.app.tune_result import TunePoint, TuneResult, short_name
+from distillery.defaults import TUNE_MAX_POINTS
 from distillery.engine import RunDirectory
 from distillery.errors import ConfigError, RunExistsError
 from distillery.methods import method_accepts
 
 # Hinton et al. tune exactly these two; small students like low temperatures, so the grid starts at 1.
 DEFAULT_GRID: dict[str, list[Any]] = {"distill.temperature": [1, 2, 4], "distill.alpha": [0.1, 0.5, 0.9]}
-MAX_POINTS = 64
+MAX_POINTS = TUNE_MAX_POINTS
 SCRATCH = "scratch"
 
 

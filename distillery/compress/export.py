@@ -13,10 +13,11 @@ from distillery.atomic import atomic_write
 from distillery.compress.quiet import first_line_of_cause, quiet
 from distillery.compress.runtime import graph_parameters, predict_logits
 from distillery.compress.source import CheckpointSource, load_source
+from distillery.defaults import EXPORT_TOLERANCE
 from distillery.errors import ConfigError, ModelError
 from distillery.models.onnx_session import inference_session
 
-DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE = EXPORT_TOLERANCE
 VERIFY_SAMPLES = 256
 FORMATS = {"onnx": "ONNX", "pt2": "torch.export (.pt2)"}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import sys
 import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,6 +16,7 @@ from distillery.engine.progress import EpochProgress, FitResult, TrainingLoop
 from distillery.engine.state_codec import encode, result_payload, rng_states, trainable_state
 from distillery.engine.training_state import FORMAT, STATE_FILE, VERSION
 from distillery.errors import TrainingInterrupted
+from distillery.messages import logger
 
 
 class Checkpointer:
@@ -68,8 +68,8 @@ class Checkpointer:
             raise KeyboardInterrupt  # asked twice: stop now, without saving
         self.signal = number
         if self._trainer is None or self._trainer.distributed.is_main:
-            print(f"{signal.Signals(number).name}: finishing the current step and saving the training state "
-                  "(send it again to stop at once)", file=sys.stderr)
+            logger.warning(f"{signal.Signals(number).name}: finishing the current step and saving the training "
+                           "state (send it again to stop at once)")
 
     def after_step(self, epoch: int, progress: EpochProgress) -> None:
         self._agree_on_stopping()
