@@ -317,10 +317,13 @@ def test_version_and_the_method_name_in_the_compile_refusal(teachers, tmp_path):
     assert_user_error(invoke("distill", config), "method 'fitnet'")
 
 
-def test_a_failing_user_factory_shows_its_traceback_with_debug(tmp_path):
-    config = write_yaml(tmp_path / "raise.yaml", run_config(tmp_path / "run", model={"name": "raising_model:make"}))
+@pytest.mark.parametrize("factory, raised", [("raising_model:make", "not mounted"),
+                                             ("raising_import:make", "MODEL_ROOT")], ids=["calling", "importing"])
+def test_a_failing_user_factory_shows_its_traceback_with_debug(tmp_path, factory, raised):
+    config = write_yaml(tmp_path / "raise.yaml", run_config(tmp_path / "run", model={"name": factory}))
     result = invoke("--debug", "train", config)
-    assert result.exit_code == 2 and "Traceback" in result.stderr and "not mounted" in result.stderr
+    assert result.exit_code == 2 and "Traceback" in result.stderr and raised in result.stderr
+    assert f'tests/{factory.split(":")[0]}.py' in result.stderr  # the user's own frame is shown
     with pytest.raises(ModelError, match="raising_model:make"):
         run(build_config(run_config(tmp_path / "run", model={"name": "raising_model:make"})))
 

@@ -154,7 +154,7 @@ class TeacherSpec(Strict):
         kinds = [name for name in ("factory", "onnx", "huggingface", "gguf", "outputs")
                  if getattr(self, name) is not None]
         if len(kinds) != 1:
-            raise ValueError("a teacher spec names exactly one of factory (with weights), onnx, huggingface, gguf or "
+            raise ValueError("a teacher entry names exactly one of factory (with weights), onnx, huggingface, gguf or "
                              "outputs; "
                              f"this one names {', '.join(kinds) or 'none'}")
         if (self.factory is None) != (self.weights is None):

@@ -68,11 +68,12 @@ def transfer_set(train: ArrayDataset, transfer: TransferConfig) -> ArrayDataset:
 
 
 def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | None = None,
-                 transfer: TransferConfig | None = None) -> PreparedData:
+                 transfer: TransferConfig | None = None, *, preprocessing_of: str = "the teacher") -> PreparedData:
     """Load, limit, split and normalise; ``preprocessing`` (a teacher's) replaces fitting a new normaliser.
 
     With ``transfer``, the training set becomes that transfer set; validation and test stay the
-    evaluation dataset's, over all its classes.
+    evaluation dataset's, over all its classes. ``preprocessing_of`` names whose preprocessing it is
+    (``"teacher runs/teacher"``) in the DataError raised when it expects other channels than the data has.
     """
     loaded, test = load_dataset(data.dataset, data.path, **data.source_options())
     test = seeded_subset(test, data.test_limit)
@@ -95,6 +96,7 @@ def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | 
                             "data, so its labels cannot be used; set transfer.labels: false")
     if preprocessing is not None:
         normalizer = preprocessing if isinstance(preprocessing, Normalizer) else Normalizer.from_dict(preprocessing)
+        check_channels(normalizer, test.input_shape, preprocessing_of)
     else:
         normalizer = Normalizer.fit(all_classes if data.classes else train) if data.normalize else None
     if normalizer is not None:
@@ -102,6 +104,21 @@ def prepare_data(data: DataConfig, preprocessing: Normalizer | dict[str, Any] | 
         test = normalizer.apply(test)
     augmentation = Augmentation(data.augment.shift, data.augment.crop_padding, data.augment.flip)
     return PreparedData(train, val, test, normalizer, augmentation, train_rows, len(loaded))
+
+
+def check_channels(normalizer: Normalizer, input_shape: tuple[int, ...], owner: str) -> None:
+    """Refuse data whose channels (images) or features (tables) are not those ``owner``'s inputs were normalised
+    over, naming the setting that fixes it."""
+    expected, found = len(normalizer.mean), input_shape[0] if input_shape else 1
+    if expected in (1, found):
+        return
+    if len(input_shape) >= 2:
+        colour = {1: "grey", 3: "RGB"}
+        raise DataError(f"{owner} was trained on {colour.get(expected, expected)} images ({expected} channels) but "
+                        f"the data's images have {found} (inputs {tuple(input_shape)}); set data.channels: "
+                        f"{expected} to read them as it was trained on them")
+    raise DataError(f"{owner} was trained on {expected} input features but the data has {found}; choose the "
+                    "teacher's columns with data.feature_columns, or give it the table it was trained on")
 
 
 def _training_split(loaded: ArrayDataset, data: DataConfig, transfer: TransferConfig | None
@@ -171,6 +188,7 @@ def checkpoint_data(path: str | Path, metadata: dict[str, Any], *, dataset: str 
     except ValidationError as error:
         raise CheckpointError(f"{path}: the dataset its model.json records is not valid "
                               f"({error.errors()[0]['msg']}); evaluate it with --dataset and --data-path") from None
-    data = prepare_data(data_config, teacher_normalizer(metadata.get("preprocessing"), str(path)))
+    data = prepare_data(data_config, teacher_normalizer(metadata.get("preprocessing"), str(path)),
+                        preprocessing_of=f"the model {path}")
     check_model_fits(metadata, data.test, path, "model")
     return data

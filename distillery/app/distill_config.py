@@ -123,7 +123,7 @@ class DistillConfig(Strict):
             raise ValueError("method mutual needs peers: a list of model specs to train beside the student, "
                              "e.g. peers: [{name: mlp, hidden: [32]}]")
         if self.method == "online" and self.teacher_model is None:
-            raise ValueError("method online needs teacher_model: the spec of the teacher trained beside the student, "
+            raise ValueError("method online needs teacher_model: the model of the teacher trained beside the student, "
                              "e.g. teacher_model: {name: cnn}")
         if self.method in ("mutual", "online") and self.teacher is not None:
             raise ValueError(f"method {self.method} trains its models from scratch and takes no pretrained teacher; "

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from distillery.data.dataset import ArrayDataset
 from distillery.data.sources import DATASETS
 from distillery.errors import ConfigError, DataError
-from distillery.imports import import_function
+from distillery.user_code import import_function, user_code
 
 PROGRESS_ABOVE = 2000  # samples; fewer are read in about a second
 
@@ -34,13 +34,9 @@ def load_python_dataset(path: str | Path | None = None, *, factory: str | None =
     if factory is None:
         raise ConfigError("dataset 'python' needs data.factory: a package.module:function returning (train, test) "
                           "torch Datasets")
-    function = import_function(factory, "dataset")
-    try:
+    function = import_function(factory, "dataset factory", DataError)
+    with user_code(f"dataset factory {factory!r}", DataError):
         made = function(**dict(factory_options or {}))
-    except Exception as error:  # the user's own code: name it and what it raised, not our stack
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise DataError(f"dataset factory {factory!r} raised {type(error).__name__}: {detail} "
-                        "(run with --debug for the traceback)") from error
     if not isinstance(made, (tuple, list)) or len(made) != 2:
         raise DataError(f"dataset factory {factory!r} returned {type(made).__name__}; it must return (train, test)")
     names = [str(name) for name in class_names] if class_names else getattr(made[0], "classes", None)
@@ -55,12 +51,15 @@ def _read(dataset: Any, source: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every sample of a map-style Dataset, stacked: inputs ``[N, ...]`` and labels ``[N]``."""
     if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
         raise DataError(f"{source} is a {type(dataset).__name__}, not a Dataset with __len__ and __getitem__")
-    if len(dataset) == 0:
+    kind = type(dataset).__name__
+    with user_code(f"{source}: {kind}.__len__()", DataError):
+        size = len(dataset)
+    if size == 0:
         raise DataError(f"{source} is empty")
     inputs, labels = [], []
-    for index in tqdm(range(len(dataset)), desc=f"reading {source}", disable=len(dataset) <= PROGRESS_ABOVE,
-                      leave=False):
-        sample = dataset[index]
+    for index in tqdm(range(size), desc=f"reading {source}", disable=size <= PROGRESS_ABOVE, leave=False):
+        with user_code(f"{source}: {kind}.__getitem__({index})", DataError):
+            sample = dataset[index]
         if not isinstance(sample, (tuple, list)) or len(sample) != 2:
             raise DataError(f"{source} sample {index} is {type(sample).__name__}; samples must be (inputs, label)")
         features, label = torch.as_tensor(sample[0], dtype=torch.float32), sample[1]

@@ -63,10 +63,11 @@ class Normalizer:
         object.__setattr__(self, "std", tuple(float(value) for value in self.std))
         if not self.mean or len(self.mean) != len(self.std):
             raise ConfigError(
-                f"normalizer mean {self.mean} and std {self.std} must be non-empty and of equal length"
+                f"preprocessing mean {list(self.mean)} and std {list(self.std)} must give one value per channel "
+                "(or feature), the same number of each"
             )
         if any(not value > 0 for value in self.std):
-            raise ConfigError(f"normalizer std {self.std} must be positive")
+            raise ConfigError(f"preprocessing std {list(self.std)} must be positive: it divides the inputs")
 
     @classmethod
     def fit(cls, dataset: ArrayDataset) -> "Normalizer":
@@ -112,8 +113,9 @@ class Normalizer:
         if len(self.mean) > 1:
             if inputs.dim() < 2 or inputs.shape[1] != len(self.mean):
                 raise DataError(
-                    f"the normalizer was fit on {len(self.mean)} channels or features but the inputs have shape "
-                    f"{tuple(inputs.shape)}; fit it on data shaped like these inputs"
+                    f"inputs of shape {tuple(inputs.shape)} have {inputs.shape[1] if inputs.dim() >= 2 else 1} "
+                    f"channels (or features) but their preprocessing (mean and std) has {len(self.mean)}; give "
+                    "inputs with as many channels as the model was trained on"
                 )
             view = [1, len(self.mean)] + [1] * (inputs.dim() - 2)
             mean, std = mean.view(view), std.view(view)
@@ -148,7 +150,7 @@ class Normalizer:
         """Inverse of `to_dict`. Example: `Normalizer.from_dict({"mean": [0.5], "std": [0.25]})`."""
         missing = [key for key in ("mean", "std") if key not in data]
         if missing:
-            raise ConfigError(f"normalizer settings lack {missing[0]!r}; expected keys 'mean' and 'std'")
+            raise ConfigError(f"preprocessing lacks {missing[0]!r}; give both mean and std, one value per channel")
         return cls(tuple(data["mean"]), tuple(data["std"]))
 
 

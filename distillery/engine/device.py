@@ -62,4 +62,5 @@ def check_compilable(method: torch.nn.Module) -> None:
     if getattr(method, "uses_feature_hooks", False):
         name = getattr(method, "name", "") or type(method).__name__
         raise ConfigError(f"train.compile cannot be combined with method {name!r}, which reads the "
-                          "student's features through hooks; set train.compile: false")
+                          "student's intermediate layers while it runs, which a compiled model does not show; set "
+                          "train.compile: false")

@@ -10,7 +10,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from distillery.errors import ConfigError, ModelError
-from distillery.imports import import_function
+from distillery.user_code import import_function, user_code
 from distillery.models.huggingface import huggingface
 from distillery.models.resnet import resnet
 from distillery.models.text_transformers import causal_lm, sequence_classifier
@@ -37,7 +37,7 @@ def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes
     Example: `build_model({"name": "mlp", "hidden": [64]}, (64,), 10)`.
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
-        raise ModelError(f"a model spec needs a 'name', e.g. {{'name': 'mlp'}}; got {spec!r}")
+        raise ModelError(f"a model needs a name, e.g. model: {{name: mlp}} or a package.module:function; got {spec!r}")
     kwargs = dict(spec)
     name = kwargs.pop("name")
     input_shape = tuple(input_shape)
@@ -49,7 +49,7 @@ def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes
         raise ModelError(f"{error}, or 'package.module:function' for your own model") from None
     for key in _DATA_ARGUMENTS:
         if key in kwargs:
-            raise ModelError(f"model {name!r}: {key} comes from the data; remove it from the model spec")
+            raise ModelError(f"model {name!r}: {key} comes from the data; remove it from model:")
     _check_keywords(name, builder, kwargs, reserved=_DATA_ARGUMENTS)
     return builder(input_shape, num_classes, **kwargs)
 
@@ -97,12 +97,8 @@ def _build_user_model(
             signature.bind(**kwargs)
         except TypeError as error:
             raise ModelError(f"model {name!r}: {error}") from None
-    try:
+    with user_code(f"model factory {name!r}"):
         model = function(**kwargs)
-    except Exception as error:  # the user's own code: name it and what it raised, not our stack
-        detail = (str(error).strip().splitlines() or [""])[0]
-        raise ModelError(f"model factory {name!r} raised {type(error).__name__}: {detail} "
-                         "(run with --debug for the traceback)") from error
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -58,8 +58,9 @@ def feed_own_inputs(teacher: nn.Module, student: Normalizer | None, preprocessin
         return None
     channels = input_shape[0]  # an image's channels, or a table's features: what a normaliser is fitted per
     if _channels(own) not in (1, channels):
-        raise CheckpointError(f"{source} normalises {_channels(own)} channels but the data has {channels}; "
-                              "use the data the teacher was trained for")
+        raise CheckpointError(f"teacher {source} was trained on inputs of {_channels(own)} channels (or features) but "
+                              f"the data has {channels}; set data.channels: {_channels(own)} for images, or use the "
+                              "data the teacher was trained for")
 
     def own_pipeline(_module: nn.Module, args: tuple) -> tuple:
         inputs = args[0]
