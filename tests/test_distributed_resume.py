@@ -86,6 +86,16 @@ def test_a_sigterm_stops_both_processes_after_the_same_step_and_a_killed_process
     assert_same_run(run_dir, reference_run)
 
 
+def test_a_finished_run_refused_by_rank_0_is_one_error_on_every_process(reference_run):
+    """Rank 0 alone claims the run directory; its refusal must reach rank 1 before rank 1 enters DDP's collectives."""
+    before = (reference_run / "model.safetensors").read_bytes()
+    refused = torchrun("train", reference_run.parent / "run.yaml")
+    assert refused.returncode != 0
+    assert refused.stderr.count(f"error: {reference_run} already holds a finished run") == 2, refused.stderr
+    assert "Connection closed" not in refused.stderr and "exitcode  : 2" in refused.stderr, refused.stderr
+    assert (reference_run / "model.safetensors").read_bytes() == before
+
+
 def test_the_resume_line_starts_as_many_processes(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert DistributedContext(0, 4).launcher() == "torchrun --standalone --nproc_per_node 4 -m distillery"
