@@ -10,11 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+from tqdm import tqdm
 
 from distillery.app.config import RunConfig
 from distillery.app.config_file import build_config, load_config, merge
@@ -24,7 +26,6 @@ from distillery.app.tune_result import TunePoint, TuneResult, short_name
 from distillery.defaults import TUNE_MAX_POINTS
 from distillery.engine import RunDirectory
 from distillery.errors import ConfigError, RunExistsError
-from distillery.messages import note
 from distillery.methods import method_accepts
 
 # Hinton et al. tune exactly these two; small students like low temperatures, so the grid starts at 1.
@@ -235,4 +236,4 @@ def _report_progress(finished: list[TunePoint], number: int, total: int) -> None
     if len(finished) > 1:
         best = max(finished[1:], key=lambda candidate: candidate.val_accuracy)
         line += f"; best so far {best.label} {best.val_accuracy:.2%} vs {finished[0].val_accuracy:.2%} from scratch"
-    note(line)
+    tqdm.write(line, file=sys.stderr)  # a result per point: printed with --quiet too, like the run's result line
