@@ -15,9 +15,10 @@ from distillery.errors import DistilleryError, ModelError
 
 
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message, at most 200 characters."""
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0].strip()[:200] if lines else ""
+    """The first non-empty line of an exception's message (at most 200 characters), else the exception's type name:
+    what a one-line error quotes of an exception raised by code that is not ours."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -35,8 +36,8 @@ def user_code(description: str, error: type[DistilleryError] = ModelError) -> It
     except DistilleryError:
         raise
     except Exception as raised:  # the user's own code: name it and what it raised, not our stack
-        detail = first_line(raised)
-        raise error(f"{description} raised {type(raised).__name__}{': ' + detail if detail else ''} "
+        detail = f": {first_line(raised)}" if str(raised).strip() else ""
+        raise error(f"{description} raised {type(raised).__name__}{detail} "
                     "(run with --debug for the traceback)") from raised
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillery.errors import ModelError
+from distillery.user_code import first_line
 
 # Default label names transformers gives a config without its own ("LABEL_0", ...): no class names at all.
 _DEFAULT_LABEL = "LABEL_"
@@ -75,7 +76,7 @@ def huggingface(input_shape: Sequence[int], num_classes: int, *, base: str | Non
         model = AutoModelForImageClassification.from_config(settings)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"cannot build a huggingface image classifier from {base or config} "
-                         f"({_first_line(error)})") from None
+                         f"({first_line(error)})") from None
     return HFImageClassifier(model)
 
 
@@ -98,7 +99,7 @@ def load_pretrained_classifier(folder: str | Path) -> tuple[HFImageClassifier, d
                                                                 trust_remote_code=False, use_safetensors=True)
     except (OSError, ValueError, KeyError) as error:
         raise ModelError(f"transformers cannot load {folder} as an image classifier from safetensors weights "
-                         f"({_first_line(error)}); save it with save_pretrained(safe_serialization=True)") from None
+                         f"({first_line(error)}); save it with save_pretrained(safe_serialization=True)") from None
     wrapped = HFImageClassifier(model.eval())
     labels = [model.config.id2label[index] for index in sorted(model.config.id2label)]
     metadata = {"architecture": {"name": "huggingface", "base": str(folder)},
@@ -121,8 +122,3 @@ def _preprocessing(folder: Path) -> dict[str, list[float]] | None:
         return None
     return {"mean": [float(value) for value in settings["image_mean"]],
             "std": [float(value) for value in settings["image_std"]]}
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__

@@ -19,16 +19,12 @@ from torch import nn
 from distillery.data.tokenizer import offline
 from distillery.errors import ModelError
 from distillery.models.init_from import initialize_from_teacher
+from distillery.user_code import first_line
 
 # Keys of a loaded config that describe where it came from or how it was stored, not the architecture: a student
 # built from a GGUF teacher's config is a plain float32 model of its own.
 _PROVENANCE = ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version", "architectures",
                "dtype", "torch_dtype")
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0][:200] if lines else type(error).__name__
 
 
 def _where(path: Path) -> tuple[Path, dict[str, Any]]:
@@ -54,7 +50,7 @@ def config_of(path: str | Path) -> dict[str, Any]:
     try:
         settings = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False, **options)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelError(f"cannot read the config of {path} ({_first_line(error)})") from None
+        raise ModelError(f"cannot read the config of {path} ({first_line(error)})") from None
     return architecture_config(settings)
 
 
@@ -110,7 +106,7 @@ def _transformer(kind: str, input_shape: Sequence[int], head: dict[str, Any], co
         settings = AutoConfig.for_model(**document)
         model = _auto_class(kind).from_config(settings, dtype=torch.float32)
     except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise ModelError(f"cannot build a {kind} from {base or config} ({_first_line(error)})") from None
+        raise ModelError(f"cannot build a {kind} from {base or config} ({first_line(error)})") from None
     positions = getattr(settings, "max_position_embeddings", None) or getattr(settings, "n_positions", None)
     if positions is not None and input_shape and int(input_shape[0]) > positions:
         raise ModelError(f"the blocks have {input_shape[0]} positions but the model takes at most {positions}; lower "
@@ -147,7 +143,7 @@ def load_transformer(path: str | Path, kind: str) -> tuple[nn.Module, dict[str, 
         model = _auto_class(kind).from_pretrained(folder, local_files_only=True, trust_remote_code=False,
                                                   dtype=torch.float32, **options)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ModelError(f"transformers cannot load {path} as a {kind} ({_first_line(error)}); give a "
+        raise ModelError(f"transformers cannot load {path} as a {kind} ({first_line(error)}); give a "
                          "save_pretrained folder with safetensors weights, or a .gguf file") from None
     model.config.use_cache = False
     config = architecture_config(model.config)

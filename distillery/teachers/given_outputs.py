@@ -14,16 +14,12 @@ import pyarrow.parquet
 import torch
 
 from distillery.errors import ConfigError, DataError
+from distillery.user_code import first_line
 
 KINDS = ("auto", "logits", "probabilities")
 SUM_TOLERANCE = 1e-3  # how far from 1 a row of probabilities may sum (files often store rounded values)
 LIST_COLUMNS = ("logits", "probabilities")  # the names that pick a list column among several
 _SMALLEST = float(np.finfo(np.float32).tiny)  # the log of a zero probability stays finite: about -87.3
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def read_teacher_outputs(path: str | Path, *, size: int, ids: Sequence[Any] | None = None,
@@ -82,7 +78,7 @@ def _read_npy(path: Path, id_column: str | None) -> tuple[np.ndarray, None]:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
         # numpy's advice for a file it takes for a pickle is to unpickle it, which a file from anyone never is.
-        reason = "not a .npy array, or one of Python objects" if "pickle" in str(error) else _first_line(error)
+        reason = "not a .npy array, or one of Python objects" if "pickle" in str(error) else first_line(error)
         raise DataError(f"{path} is not a readable .npy array ({reason}); save a float array [N, C] with "
                         "numpy.save") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
@@ -94,7 +90,7 @@ def _read_parquet(path: Path, id_column: str | None) -> tuple[np.ndarray, list[s
     try:
         table = pyarrow.parquet.read_table(path)
     except (pyarrow.ArrowException, OSError) as error:
-        raise DataError(f"{path} is not a readable parquet file ({_first_line(error)})") from None
+        raise DataError(f"{path} is not a readable parquet file ({first_line(error)})") from None
     names = table.column_names
     if id_column is not None and id_column not in names:
         raise DataError(f"{path} has no id column {id_column!r}; its columns are: {', '.join(names)}")

@@ -17,14 +17,10 @@ from torch import nn
 from distillery.errors import ModelError
 from distillery.models.onnx_session import inference_session
 from distillery.teachers.frozen import freeze
+from distillery.user_code import first_line
 
 # The float input types a teacher's inputs can be cast to without changing what they mean.
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def _static(dimension: Any) -> int | None:
@@ -42,7 +38,7 @@ def _session(path: Path) -> onnxruntime.InferenceSession:
     try:
         return inference_session(path)
     except Exception as error:  # ONNX Runtime's errors (InvalidProtobuf, InvalidGraph, Fail...) derive from Exception
-        raise ModelError(f"ONNX Runtime cannot load {path} ({_first_line(error)}); give an .onnx model file, "
+        raise ModelError(f"ONNX Runtime cannot load {path} ({first_line(error)}); give an .onnx model file, "
                          "e.g. one written by torch.onnx.export") from None
 
 
@@ -136,7 +132,7 @@ class OnnxTeacher(nn.Module):
             logits = self._session.run([self._output_name], {self._input_name: array})[0]
         except Exception as error:  # ONNX Runtime's errors derive from Exception only
             raise ModelError(f"ONNX Runtime could not run {self.path} on a batch of shape {array.shape} "
-                             f"({_first_line(error)}); check the inputs it was exported for") from None
+                             f"({first_line(error)}); check the inputs it was exported for") from None
         if logits.ndim != 2 or len(logits) != len(array):
             raise ModelError(f"{self.path} gave outputs of shape {logits.shape} for {len(array)} samples, "
                              "not [B, C]; an ONNX teacher's first output must be one row of logits per sample")
