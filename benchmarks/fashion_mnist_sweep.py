@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 from distillery.app.config import DataConfig
-from distillery.app.data import prepare_data
-from distillery.app.evaluation import evaluate
-from distillery.app.fit import fit_method
+from distillery.app.steps.prepared_data import prepare_data
+from distillery.app.steps.evaluation import evaluate
+from distillery.app.steps.fit import fit_method
 from distillery.data import BatchIterator
 from distillery.methods import create_method
 from distillery.models import build_model

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from distillery.app.config_file import build_config
-from distillery.app.run import run
+from distillery.app.config.files import build_config
+from distillery.app.workflows.run import run
 from distillery.eval.noise import accuracy_difference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from distillery.app.config_file import load_config
-from distillery.app.run import run
+from distillery.app.config.files import load_config
+from distillery.app.workflows.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 TEACHER = ROOT / "configs/fashion_mnist_teacher.yaml"

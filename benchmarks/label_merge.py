@@ -24,9 +24,9 @@ import torch
 from few_labels import STUDENTS as SPECS
 from kd_vs_scratch import ROOT, finished_run, provenance, summarise
 
-from distillery.app.config_file import load_config
-from distillery.app.data import prepare_data
-from distillery.app.teachers import calibrate_merge
+from distillery.app.config.files import load_config
+from distillery.app.steps.prepared_data import prepare_data
+from distillery.app.steps.load_teachers import calibrate_merge
 from distillery.data import ArrayDataset, BatchIterator, Normalizer
 from distillery.eval.metrics import predict
 from distillery.models.checkpoint import load_model

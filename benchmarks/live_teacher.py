@@ -25,7 +25,7 @@ from few_labels import TEACHER, finished  # noqa: E402
 from kd_vs_scratch import provenance  # noqa: E402
 
 from distillery.app.config import DataConfig  # noqa: E402
-from distillery.app.data import prepare_data  # noqa: E402
+from distillery.app.steps.prepared_data import prepare_data  # noqa: E402
 from distillery.teachers import load_teacher  # noqa: E402
 
 

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distillery.app.api import distill
+from distillery.app.workflows.api import distill
 from distillery.app.config import DataConfig
-from distillery.app.data import prepare_data
-from distillery.app.evaluation import evaluate
+from distillery.app.steps.prepared_data import prepare_data
+from distillery.app.steps.evaluation import evaluate
 from distillery.data import ArrayDataset, BatchIterator
 
 EPOCHS, BATCH, TEMPERATURE, ALPHA, LR = 5, 64, 3.0, 0.5, 1e-3

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from distillery.app.config import DataConfig
-from distillery.app.data import prepare_data
-from distillery.app.fit import fit_method
-from distillery.app.transfer import plan_transfer
+from distillery.app.steps.prepared_data import prepare_data
+from distillery.app.steps.fit import fit_method
+from distillery.app.steps.transfer_batches import plan_transfer
 from distillery.data import Augmentation
 from distillery.methods import create_method
 from distillery.models import build_model

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from suite_report import write_section
 
-from distillery.app.config_file import build_config, dump_config, load_config
-from distillery.app.evaluation import evaluate_checkpoint
-from distillery.app.run import run
+from distillery.app.config.files import build_config, dump_config, load_config
+from distillery.app.steps.evaluation import evaluate_checkpoint
+from distillery.app.workflows.run import run
 from distillery.eval.latency import measure_latency
 from distillery.eval.noise import accuracy_difference
 from distillery.models.checkpoint import load_model

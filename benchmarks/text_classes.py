@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kd_vs_scratch import provenance  # noqa: E402
 
-from distillery.app.config_file import load_config  # noqa: E402
-from distillery.app.run import run  # noqa: E402
+from distillery.app.config.files import load_config  # noqa: E402
+from distillery.app.workflows.run import run  # noqa: E402
 from distillery.eval.noise import accuracy_difference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -59,8 +59,8 @@ def user_errors(command):
 
 def _resolved_config(config_path: Optional[Path], overrides: list[str], overwrite: bool, quiet: bool,
                      resume: Optional[Path]):
-    from distillery.app.config_file import load_config
-    from distillery.app.resume import resume_config
+    from distillery.app.config.files import load_config
+    from distillery.app.steps.resume import resume_config
 
     quiet_override = ["progress=false"] if quiet else []
     if resume is None:
@@ -83,7 +83,7 @@ def _run_config(config_path: Optional[Path], overrides: list[str], overwrite: bo
                           "add one, or use `distillery train`")
     if not distilling and resolved.distill is not None:
         raise ConfigError(f"{config_path} has a distill: section; run `distillery distill {config_path}` instead")
-    from distillery.app.run import run
+    from distillery.app.workflows.run import run
 
     run_dir = run(resolved, overwrite=overwrite, resume=resume is not None)
     if not _is_main_process():
@@ -152,8 +152,8 @@ def cache(config: Path = typer.Argument(..., help="Run configuration (YAML) with
           set_: List[str] = OVERRIDES,
           rebuild: bool = typer.Option(False, help="Recompute the teacher's outputs and replace the cache.")) -> None:
     """Compute the teacher's outputs on the config's transfer set once and cache them for later runs."""
-    from distillery.app.config_file import load_config
-    from distillery.app.transfer import build_teacher_cache
+    from distillery.app.config.files import load_config
+    from distillery.app.steps.transfer_batches import build_teacher_cache
 
     typer.echo(build_teacher_cache(load_config(config, set_), rebuild=rebuild))
 
@@ -176,8 +176,8 @@ def tune_command(
     Without --grid: distill.temperature=1,2,4 x distill.alpha=0.1,0.5,0.9 (methods with both).
     Writes tune.json, tune.md, best.yaml and, for a grid of two keys, the tune.png heat map.
     """
-    from distillery.app.config_file import load_config
-    from distillery.app.tune import parse_grid, tune
+    from distillery.app.config.files import load_config
+    from distillery.app.workflows.tune import parse_grid, tune
 
     set_verbosity(quiet=quiet, debug=DEBUG["on"])
     resolved = load_config(config, set_ + (["progress=false"] if quiet else []))
@@ -201,7 +201,7 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A run directory or a .
              as_json: bool = typer.Option(False, "--json", help="Print JSON."),
              allow_factory: List[str] = ALLOW_FACTORY) -> None:
     """Accuracy, NLL, calibration, agreement, size and CPU latency of a checkpoint on its test set."""
-    from distillery.app.evaluation import evaluate_checkpoint
+    from distillery.app.steps.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, teacher=teacher, dataset=dataset, data_path=data_path,
                                  test_limit=limit, latency=latency, allow_factories=allow_factory)
@@ -234,7 +234,7 @@ def generate(run_dir: Path = typer.Argument(..., help="A finished language-model
              seed: int = typer.Option(0, help="The sampling seed."),
              teacher: bool = typer.Option(True, help="Continue the prompt with the run's teacher too.")) -> None:
     """Continue a prompt with a language-model run's student, beside its teacher."""
-    from distillery.app.generate import generate_text
+    from distillery.app.workflows.generate import generate_text
 
     texts = generate_text(run_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                           teacher=teacher)
@@ -262,7 +262,7 @@ def demo(dataset: str = typer.Option("digits", help="digits (embedded, under 3 m
          seed: int = typer.Option(0, help="Random seed."),
          quiet: bool = QUIET) -> None:
     """Teacher -> student from scratch -> distilled student on an embedded dataset, then the report."""
-    from distillery.app.demo import demo as run_demo
+    from distillery.app.workflows.demo import demo as run_demo
 
     set_verbosity(quiet=quiet, debug=DEBUG["on"])
     result = run_demo(dataset, output_dir, overwrite=overwrite, seed=seed, progress=not quiet)

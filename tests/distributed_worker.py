@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from distillery.app.fit import fit_method
+from distillery.app.steps.fit import fit_method
 from distillery.cli import app
 from distillery.data import Normalizer, load_dataset, train_val_split
 from distillery.methods import create_method

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillery.app.evaluation import evaluate
-from distillery.app.fit import fit_method
+from distillery.app.steps.evaluation import evaluate
+from distillery.app.steps.fit import fit_method
 from distillery.data import Batch, BatchIterator, as_batch, counted_positions, model_logits
 from distillery.engine.distributed import ShardedBatches
 from distillery.engine.trainer import validate

@@ -184,7 +184,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, tmp_path):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("distillery.app.demo.demo", interrupted)
+    monkeypatch.setattr("distillery.app.workflows.demo.demo", interrupted)
     result = CliRunner().invoke(cli.app, ["demo", "--output-dir", str(tmp_path), "-q"])
     assert result.exit_code == 130
     assert "interrupted" in result.stderr and "Traceback" not in result.output

@@ -13,12 +13,12 @@ from cli_helpers import DIGITS_TEST_SAMPLES, PNG_MAGIC, assert_ok, assert_user_e
 from torch import nn
 
 from distillery import compress_report, export_model, quantize_model
-from distillery.app.config_file import build_config
-from distillery.app.data import checkpoint_data
-from distillery.app.run import run
+from distillery.app.config.files import build_config
+from distillery.app.steps.prepared_data import checkpoint_data
+from distillery.app.workflows.run import run
 from distillery.compress import export as export_module
 from distillery.compress import quantize as quantize_module
-from distillery.compress import report as report_module
+from distillery.compress import comparison as report_module
 from distillery.compress.calibration import CalibrationData, check_calibration_range
 from distillery.compress.export import write_verified
 from distillery.compress.quantize import quantize_onnx

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from distillery.app.config_file import load_config
-from distillery.app.run import run
+from distillery.app.config.files import load_config
+from distillery.app.workflows.run import run
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 DIGITS_STUDENTS = [path for path in CONFIGS if path.name.startswith("digits_") and path.name != "digits_teacher.yaml"]

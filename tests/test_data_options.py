@@ -9,7 +9,7 @@ from cli_helpers import assert_ok, assert_user_error, invoke, run_config, snapsh
 from PIL import Image
 
 import distillery
-from distillery.app.evaluation import evaluate_checkpoint
+from distillery.app.steps.evaluation import evaluate_checkpoint
 from distillery.data import ArrayDataset, Normalizer, load_dataset
 from distillery.errors import DataError
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from distillery.app.config_file import build_config
-from distillery.app.method import build_method
-from distillery.app.run import run
-from distillery.app.teachers import teachers_and_data
+from distillery.app.config.files import build_config
+from distillery.app.steps.method import build_method
+from distillery.app.workflows.run import run
+from distillery.app.steps.load_teachers import teachers_and_data
 from distillery.errors import ConfigError, ModelError
 from distillery.models import build_model
 from distillery.teachers.ensemble import EnsembleTeacher

@@ -6,10 +6,10 @@ import pytest
 import torch
 from cli_helpers import assert_ok, assert_user_error, invoke, run_config, write_yaml
 
-from distillery.app.config_file import build_config
-from distillery.app.fit import fit_method
-from distillery.app.run import run
-from distillery.app.transfer import plan_transfer
+from distillery.app.config.files import build_config
+from distillery.app.steps.fit import fit_method
+from distillery.app.workflows.run import run
+from distillery.app.steps.transfer_batches import plan_transfer
 from distillery.data import ArrayDataset, Augmentation, Batch, BatchIterator
 from distillery.errors import CheckpointError
 from distillery.losses import hard_label_cross_entropy, hint_mse, pool_to_common_size, soft_target_kl
@@ -249,7 +249,7 @@ def test_cache_command_builds_the_features_a_config_needs_and_refuses_beyond_the
 
 
 def test_a_bare_off_in_yaml_turns_the_cache_off(tmp_path):
-    from distillery.app.config_file import load_config
+    from distillery.app.config.files import load_config
 
     path = write_yaml(tmp_path / "run.yaml", "output_dir: out\ndistill:\n  teacher: t\n  teacher_cache: off\n")
     assert load_config(path).distill.teacher_cache == "off"                 # YAML 1.1 alone would read false

@@ -163,8 +163,8 @@ def test_attention_transfer_alone_reduces_the_attention_loss():
 
 
 def test_a_wrong_layer_path_stops_a_run_before_it_starts(tmp_path):
-    from distillery.app.config_file import build_config
-    from distillery.app.run import run
+    from distillery.app.config.files import build_config
+    from distillery.app.workflows.run import run
 
     common = {"data": {"dataset": "digits", "val_fraction": 0.15}, "progress": False, "measure_latency": False}
     teacher = run(build_config({**common, "output_dir": str(tmp_path / "teacher"), "role": "teacher",

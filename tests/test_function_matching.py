@@ -91,9 +91,9 @@ def test_a_mixed_view_fixes_the_augmentation_the_partner_and_the_weight():
 
 
 def test_function_matching_on_cached_mixed_views_reads_the_teachers_outputs_on_those_views(tmp_path, teacher_run):
-    from distillery.app.config_file import build_config
-    from distillery.app.teachers import teachers_and_data
-    from distillery.app.transfer import transfer_plan
+    from distillery.app.config.files import build_config
+    from distillery.app.steps.load_teachers import teachers_and_data
+    from distillery.app.steps.transfer_batches import transfer_plan
 
     config = build_config(run_config(tmp_path / "run", distill={"teacher": str(teacher_run),
                                                                 "method": "function_matching", "teacher_views": 3}))

@@ -5,7 +5,7 @@ import torch
 from cli_helpers import assert_ok, assert_user_error, invoke, run_config, write_yaml
 
 from distillery.app.config import DataConfig
-from distillery.app.data import prepare_data
+from distillery.app.steps.prepared_data import prepare_data
 from distillery.errors import ModelError
 from distillery.models import build_model
 from distillery.models.checkpoint import load_model

@@ -6,12 +6,12 @@ import torch
 from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from torch import nn
 
-from distillery.app.api import distill
+from distillery.app.workflows.api import distill
 from distillery.app.config import DataConfig
-from distillery.app.config_file import build_config
-from distillery.app.data import prepare_data
-from distillery.app.evaluation import evaluate, evaluate_checkpoint
-from distillery.app.run import run
+from distillery.app.config.files import build_config
+from distillery.app.steps.prepared_data import prepare_data
+from distillery.app.steps.evaluation import evaluate, evaluate_checkpoint
+from distillery.app.workflows.run import run
 from distillery.data import ArrayDataset, BatchIterator, select_classes
 from distillery.errors import ConfigError, DataError, ModelError
 from distillery.eval.metrics import predict

@@ -245,8 +245,8 @@ def test_the_tiny_language_model_examples_run_as_the_readme_says(tmp_path, monke
     import subprocess
     import sys
 
-    from distillery.app.config_file import load_config
-    from distillery.app.run import run
+    from distillery.app.config.files import load_config
+    from distillery.app.workflows.run import run
 
     root = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)

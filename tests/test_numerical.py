@@ -4,7 +4,7 @@ import torch
 from cli_helpers import assert_user_error, invoke, run_config, write_yaml
 from torch import nn
 
-from distillery.app.fit import fit_method
+from distillery.app.steps.fit import fit_method
 from distillery.errors import NumericalError
 from distillery.methods.base import Method, StepOutput
 

@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import distillery
-from distillery.app.config_file import build_config
-from distillery.app.evaluation import evaluate_checkpoint
-from distillery.app.run import run
+from distillery.app.config.files import build_config
+from distillery.app.steps.evaluation import evaluate_checkpoint
+from distillery.app.workflows.run import run
 from distillery.data import Batch, BatchIterator
 from distillery.engine import Trainer, build_optimizer
 from distillery.errors import ConfigError, ModelError

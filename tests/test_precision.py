@@ -3,12 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from distillery.app.api import train
+from distillery.app.workflows.api import train
 from distillery.app.config import DataConfig
-from distillery.app.config_file import build_config
-from distillery.app.data import prepare_data
-from distillery.app.evaluation import evaluate
-from distillery.app.fit import fit_method
+from distillery.app.config.files import build_config
+from distillery.app.steps.prepared_data import prepare_data
+from distillery.app.steps.evaluation import evaluate
+from distillery.app.steps.fit import fit_method
 from distillery.data import BatchIterator
 from distillery.engine import autocast
 from distillery.errors import ConfigError

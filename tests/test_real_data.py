@@ -4,8 +4,8 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from distillery.app.config_file import build_config
-from distillery.app.run import run
+from distillery.app.config.files import build_config
+from distillery.app.workflows.run import run
 
 SLICE = {"dataset": "fashion-mnist", "train_limit": 3000, "test_limit": 1000, "val_fraction": 0.1}
 

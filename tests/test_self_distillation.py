@@ -9,15 +9,15 @@ from safetensors.torch import load_file
 from torch import nn
 
 import distillery
-from distillery.app.config import LOGIT_METHODS
-from distillery.app.config_file import build_config
-from distillery.app.evaluation import evaluate_checkpoint
-from distillery.app.fit import fit_method
-from distillery.app.run import run
+from distillery.app.config.distill import logit_methods
+from distillery.app.config.files import build_config
+from distillery.app.steps.evaluation import evaluate_checkpoint
+from distillery.app.steps.fit import fit_method
+from distillery.app.workflows.run import run
 from distillery.data import Augmentation, Batch
 from distillery.errors import ConfigError, ModelError
-from distillery.methods import METHODS, DeepSupervision, create_method
-from distillery.methods.soft_targets import SingleTeacherMethod
+from distillery.methods import DeepSupervision, create_method, method_class, method_names
+from distillery.methods.teacher_logits import SingleTeacherMethod
 from distillery.models import build_model
 from distillery.models.hooks import capture_features
 
@@ -295,8 +295,9 @@ def test_a_factory_that_returns_the_same_model_is_refused():
 
 
 def test_logit_methods_are_the_single_teacher_methods():
-    registered = {name for name in METHODS.names() if issubclass(METHODS.get(name), SingleTeacherMethod)}
-    assert registered == set(LOGIT_METHODS)
+    # Born-again generations use the methods that declare it; they are exactly those on one teacher's logits.
+    registered = {name for name in method_names() if issubclass(method_class(name), SingleTeacherMethod)}
+    assert registered == set(logit_methods()) == {"hinton", "logit_mse", "dkd", "dist"}
 
 
 # ---------------------------------------------------------------- born-again: a config run on digits

@@ -7,10 +7,10 @@ import torch
 from cli_helpers import assert_ok, assert_user_error, invoke, run_config, write_yaml
 from torch import nn
 
-from distillery.app.config_file import build_config
-from distillery.app.fit import fit_method
-from distillery.app.run import run
-from distillery.app.transfer import plan_transfer
+from distillery.app.config.files import build_config
+from distillery.app.steps.fit import fit_method
+from distillery.app.workflows.run import run
+from distillery.app.steps.transfer_batches import plan_transfer
 from distillery.data import ArrayDataset, Augmentation, BatchIterator
 from distillery.data.views import ViewBatches, augmented_views
 from distillery.errors import CheckpointError

@@ -53,8 +53,8 @@ def test_top_k_with_a_temperature_is_refused():
 
 
 def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pretrained_teacher, capsys):
-    from distillery.app.config_file import build_config
-    from distillery.app.run import run
+    from distillery.app.config.files import build_config
+    from distillery.app.workflows.run import run
 
     def distil(name):
         document = lm_config(tmp_path / name, progress=True,

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from distillery.app.api import train
+from distillery.app.workflows.api import train
 from distillery.app.config import DataConfig
-from distillery.app.config_file import build_config
-from distillery.app.data import SPLIT_SEED, prepare_data
-from distillery.app.run import run
+from distillery.app.config.files import build_config
+from distillery.app.steps.prepared_data import SPLIT_SEED, prepare_data
+from distillery.app.workflows.run import run
 from distillery.data import UNLABELED, ArrayDataset, BatchIterator, filter_classes, labeled_mask, load_dataset
 from distillery.errors import ConfigError, DataError
 from distillery.eval.metrics import predict
@@ -151,8 +151,8 @@ def test_partly_labelled_settings_that_cannot_work(transfer, method, fragment):
 
 
 def test_a_student_from_scratch_with_a_labelled_share_trains_on_those_samples_alone():
-    from distillery.app.teachers import teachers_and_data
-    from distillery.app.transfer import transfer_plan
+    from distillery.app.steps.load_teachers import teachers_and_data
+    from distillery.app.steps.transfer_batches import transfer_plan
 
     config = build_config({"output_dir": "unused", "transfer": {"labeled_fraction": 0.1}})
     teachers, data, teacher = teachers_and_data(config)

@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import distillery
-from distillery.app.config_file import build_config
-from distillery.app.evaluation import evaluate_checkpoint
-from distillery.app.run import run
-from distillery.app.teachers import teachers_and_data
-from distillery.app.transfer import transfer_plan
+from distillery.app.config.files import build_config
+from distillery.app.steps.evaluation import evaluate_checkpoint
+from distillery.app.workflows.run import run
+from distillery.app.steps.load_teachers import teachers_and_data
+from distillery.app.steps.transfer_batches import transfer_plan
 from distillery.data import ArrayDataset, Normalizer
 from distillery.engine.trainer import check_finite
 from distillery.errors import CheckpointError, ModelError, NumericalError
@@ -128,7 +128,7 @@ def test_evaluating_with_a_teacher_feeds_it_its_own_pipeline(teachers):
     # The checkpoint normalises, the teacher does not: agreement must be measured on the teacher's own inputs.
     result = evaluate_checkpoint(teachers["normalised"], teacher=teachers["raw"], latency=False)
     model, metadata = load_model(teachers["normalised"])
-    from distillery.app.data import checkpoint_data
+    from distillery.app.steps.prepared_data import checkpoint_data
     test = checkpoint_data(teachers["normalised"], metadata).test
     raw = Normalizer.from_dict(metadata["preprocessing"]).denormalize(test.inputs)
     with torch.no_grad():
@@ -259,7 +259,7 @@ def test_standardised_targets_of_merged_teachers_give_gated_classes_nothing():
 def test_without_labels_alpha_is_zero_in_a_config_run(teachers, tmp_path):
     config = build_config({**COMMON, "output_dir": str(tmp_path / "soft"), "data": {"dataset": "digits"},
                            "distill": {"teacher": str(teachers["raw"])}, "transfer": {"labels": False}})
-    from distillery.app.method import build_method
+    from distillery.app.steps.method import build_method
     _, data, teacher = teachers_and_data(config)
     method = build_method(config, nn.Linear(64, 10), teacher, data.test.input_shape, 10)
     assert method.alpha == 0.0

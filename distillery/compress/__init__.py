@@ -1,8 +1,8 @@
 """Compression for deployment: verified export (ONNX, torch.export), int8 quantization, and the comparison
 of distillation against quantization, all measured in ONNX Runtime."""
+from distillery.compress.comparison import CompressReport, compress_report
 from distillery.compress.export import DEFAULT_TOLERANCE, FORMATS, ExportResult, export_model
 from distillery.compress.quantize import MODES, QuantizeResult, choose_mode, quantize_model
-from distillery.compress.report import CompressReport, compress_report
 
 __all__ = [
     "CompressReport",

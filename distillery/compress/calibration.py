@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distillery.app.data import SPLIT_SEED
+from distillery.app.steps.prepared_data import SPLIT_SEED
 from distillery.compress.source import CheckpointSource
 from distillery.data import load_dataset
 from distillery.errors import ConfigError, DataError

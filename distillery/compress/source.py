@@ -7,7 +7,7 @@ from typing import Any, Collection
 
 from torch import nn
 
-from distillery.app.data import PreparedData, checkpoint_data
+from distillery.app.steps.prepared_data import PreparedData, checkpoint_data
 from distillery.models.checkpoint_files import resolve_checkpoint
 from distillery.models.checkpoint import load_model
 

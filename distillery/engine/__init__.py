@@ -4,13 +4,14 @@ from distillery.engine.distributed import DistributedContext, is_main_process, s
 from distillery.engine.optim import build_optimizer, build_scheduler
 from distillery.engine.progress import FitResult, PeerBest, peer_record
 from distillery.engine.run_dir import RunDirectory
-from distillery.engine.trainer import Trainer
+from distillery.engine.trainer import BestEpoch, Trainer
 
 __all__ = [
     "DistributedContext",
     "FitResult",
     "PeerBest",
     "RunDirectory",
+    "BestEpoch",
     "Trainer",
     "autocast",
     "build_optimizer",

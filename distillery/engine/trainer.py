@@ -7,6 +7,7 @@ import itertools
 import math
 import sys
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
@@ -27,6 +28,21 @@ if TYPE_CHECKING:
 EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
 
 
+@dataclass(frozen=True)
+class BestEpoch:
+    """Which validation metric chooses the best epoch, and in which direction (a task says: accuracy for
+    classifiers, perplexity, the lower the better, for language models). Without validation data the last epoch
+    is the best; peers are always chosen by their own validation accuracy."""
+
+    metric: str = "val/accuracy"
+    higher_is_better: bool = True
+
+    def score(self, record: dict[str, Any]) -> float:
+        if self.metric not in record:
+            return float(record["epoch"])
+        return record[self.metric] if self.higher_is_better else -record[self.metric]
+
+
 class Trainer:
     """Runs epochs of ``method.step`` with one optimiser and a per-step schedule.
 
@@ -39,7 +55,7 @@ class Trainer:
     def __init__(self, method: "Method", optimizer: torch.optim.Optimizer, scheduler=None, *, epochs: int,
                  device: torch.device | str = "cpu", progress: bool = True, description: str = "train",
                  precision: str = "fp32", grad_clip: float | None = None,
-                 distributed: DistributedContext = SINGLE_PROCESS) -> None:
+                 distributed: DistributedContext = SINGLE_PROCESS, best: BestEpoch = BestEpoch()) -> None:
         self.method = method.to(device)
         self.distributed = distributed
         self._forward = distributed.wrap(self.method, torch.device(device))  # method.step, or its DDP module
@@ -52,6 +68,7 @@ class Trainer:
         self.progress = progress
         self.description = description
         self.global_step = 0  # optimiser steps taken, over all epochs
+        self.best = best
 
     def fit(self, train_batches: Iterable, val_batches: Iterable | None = None,
             on_epoch_end: EpochCallback | None = None, *, checkpointer: "Checkpointer | None" = None,
@@ -153,9 +170,7 @@ class Trainer:
         return " | ".join(parts)
 
     def _keep_if_best(self, result: FitResult, record: dict[str, Any]) -> None:
-        # Without validation data the last epoch counts as the best; a language model's best has the lowest perplexity.
-        score = -record["val/perplexity"] if "val/perplexity" in record else record.get("val/accuracy",
-                                                                                         float(record["epoch"]))
+        score = self.best.score(record)
         if score >= result.best_score:
             result.best_score = score
             result.best_epoch = record["epoch"]

@@ -1,10 +1,11 @@
-"""What every method shares: the step result, the frozen-teacher rule, the registry."""
+"""What every method shares: the step result, the frozen-teacher rule, its options and needs, the registry."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from distillery.data.batch import Batch
@@ -12,6 +13,91 @@ from distillery.registry import Registry
 from distillery.teachers import freeze
 
 METHODS: Registry = Registry("method")
+
+# The kinds of data a method may take: image and table classifiers, language models (next-token prediction),
+# text classifiers.
+DATA_KINDS = frozenset({"images", "next_token", "text_classification"})
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a method needs and reads, declared once on its class; the application reads these, never its name.
+
+    ``teacher``: True, a pretrained teacher (distill.teacher); False, it refuses one. ``labels``: "optional"
+    (soft targets alone will do), "required" (some labelled samples) or "every_sample". ``teacher_logits``: it
+    can read the teacher's logits by sample index, so they may come from a cache or a file of outputs (the run
+    hands them to ``use_precomputed_teacher_logits(table)``). ``teacher_features``: it reads teacher features at
+    the layers its options name (``teacher_layers_read``), cached with the logits and handed to
+    ``use_precomputed_teacher_outputs(logits, features)``. ``hooks``: it reads
+    the student's features through forward hooks (torch.compile is refused). ``data``: the kinds of data it takes
+    (:data:`DATA_KINDS`). ``generations``: it learns from one teacher's logits alone, so born-again generations
+    can use it.
+    """
+
+    teacher: bool = True
+    labels: Literal["optional", "required", "every_sample"] = "optional"
+    teacher_logits: bool = False
+    teacher_features: bool = False
+    hooks: bool = False
+    data: frozenset[str] = DATA_KINDS
+    generations: bool = False
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a run knows that a method's options do not: one sample's shape, the classes, train.label_smoothing,
+    whether the transfer set has labels, and how to build a model trained beside the student
+    (``new_model(spec, setting, seed_offset)``)."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    label_smoothing: float = 0.0
+    labels: bool = True
+    new_model: Callable[[dict[str, Any], str, int], nn.Module] | None = None
+
+
+class MethodOptions(BaseModel):
+    """A method's own options, as the config's ``distill:`` section gives them (null: the default).
+
+    ``label_weight`` names the option that weighs the hard-label term, which is 0 on a transfer set without
+    labels. :meth:`keywords` turns the options into the method's constructor keywords: the one place where config
+    becomes keyword arguments.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    label_weight: ClassVar[str | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_default(cls, data: Any) -> Any:
+        return {key: value for key, value in data.items() if value is not None} if isinstance(data, dict) else data
+
+    def keywords(self, context: BuildContext) -> dict[str, Any]:
+        """The constructor's keywords (besides student and teacher) for a run described by ``context``."""
+        keywords = {name: getattr(self, name) for name in type(self).model_fields}
+        if self.label_weight is not None and not context.labels:
+            keywords[self.label_weight] = 0.0  # no labels, no hard-label term: the soft term has all the weight
+        return keywords
+
+    def view_mix(self) -> str | None:
+        """How the method mixes each batch before teacher and student see it (None: not at all)."""
+        return None
+
+    def teacher_layers_read(self) -> list[str]:
+        """The teacher module paths whose features the method reads."""
+        return []
+
+    def top_k_targets(self) -> int | None:
+        """The k of the teacher's top-k targets the method learns from (None: its full distributions)."""
+        return None
+
+    def peer_specs(self) -> list[dict[str, Any]]:
+        """The model specs of the models the method trains beside the student, in the order it names them."""
+        return []
+
+    def in_ensemble_member(self, index: int) -> "MethodOptions":
+        """These options with teacher layer paths pointed into member ``index`` of an ensemble teacher."""
+        return self
 
 
 @dataclass
@@ -35,8 +121,20 @@ class Method(nn.Module):
     call ``method.train()`` without knowing which parts are teachers.
     """
 
-    uses_feature_hooks = False  # True where step() reads the student's features through forward hooks
-    name = ""  # the registered name (set by create_method), for messages
+    needs: ClassVar[Needs] = Needs(teacher=False)
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    name = ""  # the registered name (set when built), for messages
+
+    @property
+    def uses_feature_hooks(self) -> bool:
+        return self.needs.hooks
+
+    @classmethod
+    def build(cls, student: nn.Module, teacher: nn.Module | None, options: MethodOptions,
+              context: BuildContext) -> "Method":
+        """The method for a configured run: its options as keywords, the teacher where it takes one."""
+        keywords = options.keywords(context)
+        return cls(student, teacher, **keywords) if cls.needs.teacher else cls(student, **keywords)
 
     def __init__(self, student: nn.Module) -> None:
         super().__init__()

@@ -1,7 +1,9 @@
 """Deep supervision as self-distillation: auxiliary heads on intermediate layers learn from the final head."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
+
+from pydantic import Field
 
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from distillery.data.batch import Batch, model_logits
 from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy, soft_target_kl
-from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.base import METHODS, BuildContext, Method, MethodOptions, Needs, StepOutput
 from distillery.models.hooks import capture_features, probe_shapes, resolve_module
 
 # Heads average-pool 4-D features to at most this many cells a side. Global pooling (1 cell) throws away
@@ -28,6 +30,18 @@ def auxiliary_head(path: str, feature_shape: tuple[int, ...], num_classes: int) 
         return nn.Linear(feature_shape[1], num_classes)
     raise ModelError(f"student module {path!r} outputs {feature_shape[1:]}; an auxiliary head needs "
                      "convolutional ([C, H, W]) or flat ([features]) outputs: pick another layer")
+
+
+class DeepSupervisionOptions(MethodOptions):
+    label_weight: ClassVar[str | None] = "alpha"
+    student_layers: list[str] = Field(..., description="student module paths that get an auxiliary head")
+    temperature: float = Field(3.0, gt=0.0, description="the temperature of the final head's soft targets")
+    alpha: float = Field(0.7, ge=0.0, le=1.0, description="weight of the heads' hard-label term")
+    aux_weight: float = Field(1.0, ge=0.0, description="weight of the auxiliary heads' loss")
+
+    def keywords(self, context: BuildContext) -> dict[str, Any]:
+        return {**super().keywords(context), "input_shape": context.input_shape,
+                "label_smoothing": context.label_smoothing}
 
 
 @METHODS.register("deep_supervision")
@@ -51,7 +65,9 @@ class DeepSupervision(Method):
         method = DeepSupervision(student, student_layers=["features.0", "features.1"], input_shape=(1, 8, 8))
     """
 
-    uses_feature_hooks = True  # train.compile refuses such a method (see compile_student)
+    Options = DeepSupervisionOptions
+    # No outside teacher: the final head teaches; hooks on the student, so train.compile refuses it.
+    needs = Needs(teacher=False, labels="required", hooks=True, data=frozenset({"images"}))
 
     def __init__(self, student: nn.Module, *, student_layers: Sequence[str],
                  input_shape: Sequence[int] | None = None, temperature: float = 3.0, alpha: float = 0.7,

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import Field
 
 import torch
 from torch import nn
@@ -9,7 +12,7 @@ from torch import nn
 from distillery.data.batch import Batch, counted_positions, model_logits
 from distillery.errors import ConfigError
 from distillery.losses import soft_target_kl
-from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.base import METHODS, Method, MethodOptions, Needs, StepOutput
 
 MIXES = ("mixup", "cutmix", "none")
 
@@ -42,6 +45,15 @@ def cutmix(inputs: torch.Tensor) -> torch.Tensor:
     return mixed
 
 
+class FunctionMatchingOptions(MethodOptions):
+    temperature: float = Field(1.0, gt=0.0, description="the temperature both distributions are softened at")
+    mix: Literal["mixup", "cutmix", "none"] = Field("mixup", description="how a batch is mixed before teacher and "
+                                                                          "student see it")
+
+    def view_mix(self) -> str | None:
+        return None if self.mix == "none" else self.mix
+
+
 @METHODS.register("function_matching")
 class FunctionMatching(Method):
     """Beyer et al., "Knowledge distillation: A good teacher is patient and consistent" (CVPR 2022).
@@ -55,6 +67,9 @@ class FunctionMatching(Method):
 
         method = FunctionMatching(student, teacher, temperature=1.0, mix="mixup")
     """
+
+    Options = FunctionMatchingOptions
+    needs = Needs(teacher=True, teacher_logits=True, data=frozenset({"images"}))
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, temperature: float = 1.0, mix: str = "mixup") -> None:
         if temperature <= 0:

@@ -1,124 +1,32 @@
-"""Online distillation: models trained from scratch together, each learning from the others as they learn."""
+"""Online distillation: a teacher trained from scratch on labels while the student distils from it."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any
 
-import torch
+from pydantic import Field, field_validator
 from torch import nn
 
-from distillery.data.batch import Batch, Inputs, model_logits
-from distillery.errors import ConfigError, ModelError
-from distillery.losses import hard_label_cross_entropy, soft_target_kl
-from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.data.batch import Batch
+from distillery.methods.base import METHODS, BuildContext, StepOutput
+from distillery.methods.peers import OnlineMethod, PeerOptions, _needs_labels, model_spec
 
 
-def _check_weights(temperature: float, alpha: float) -> None:
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}; typical values are 1 to 4")
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"alpha must be in [0, 1], got {alpha}; it weights the hard-label term")
+class OnlineDistillationOptions(PeerOptions):
+    teacher_model: dict[str, Any] = Field(..., description="model spec (like model:) of the teacher trained from "
+                                                           "scratch beside the student")
+    temperature: float = Field(4.0, gt=0.0, description="the temperature of the teacher's soft targets")
 
+    @field_validator("teacher_model")
+    @classmethod
+    def _teacher_model_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return model_spec(value)
 
-def _same_classes(student_logits: torch.Tensor, other_logits: torch.Tensor, name: str) -> None:
-    if other_logits.shape != student_logits.shape:
-        raise ModelError(f"{name} outputs {tuple(other_logits.shape[1:])} but the student outputs "
-                         f"{tuple(student_logits.shape[1:])}; models trained together must predict the same classes")
+    def peer_specs(self) -> list[dict[str, Any]]:
+        return [self.teacher_model]
 
-
-def _needs_labels(labels: torch.Tensor | None, method: str) -> torch.Tensor:
-    # Every model starts from scratch: without labels nothing in the run knows the task.
-    if labels is None:
-        raise ConfigError(f"method {method!r} trains its models from scratch, so it needs labels; "
-                          "the training data has none (set transfer.labels: true)")
-    return labels
-
-
-class OnlineMethod(Method):
-    """A student trained together with models of its own (peers), all of them trainable.
-
-    The peers are ordinary submodules, not frozen teachers: they follow the method into train
-    mode and into the optimizer, and :meth:`peer_models` names them so the trainer validates
-    each one and keeps its best weights.
-    """
-
-    def __init__(self, student: nn.Module, peers: dict[str, nn.Module], *, temperature: float, alpha: float,
-                 label_smoothing: float) -> None:
-        _check_weights(temperature, alpha)
-        super().__init__(student)
-        if any(peer is student for peer in peers.values()):
-            raise ConfigError("a peer is the student itself; give each peer a model of its own")
-        self.peers = nn.ModuleDict(peers)
-        self.temperature = temperature
-        self.alpha = alpha
-        self.label_smoothing = label_smoothing
-
-    def peer_models(self) -> dict[str, nn.Module]:
-        return dict(self.peers.items())
-
-    def model_loss(self, logits: torch.Tensor, labels: torch.Tensor,
-                   targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """alpha · CE + (1 − alpha) · mean over ``targets`` of T² · KL(target ‖ model), or CE alone.
-
-        Targets are detached here, so a model's loss moves only that model's weights.
-        """
-        hard = hard_label_cross_entropy(logits, labels, self.label_smoothing)
-        logs = {"ce": hard.detach()}
-        if not targets:
-            return hard, {**logs, "loss": hard.detach()}
-        soft = torch.stack([soft_target_kl(logits, target.detach(), self.temperature) for target in targets]).mean()
-        loss = self.alpha * hard + (1.0 - self.alpha) * soft
-        return loss, {**logs, "kd": soft.detach(), "loss": loss.detach()}
-
-    def all_logits(self, inputs: Inputs) -> dict[str, torch.Tensor]:
-        student_logits = model_logits(self.student, inputs)
-        logits = {"student": student_logits}
-        for name, peer in self.peers.items():
-            logits[name] = model_logits(peer, inputs)
-            _same_classes(student_logits, logits[name], name)
-        return logits
-
-    @staticmethod
-    def combine(losses: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]],
-                student_logits: torch.Tensor) -> StepOutput:
-        """The step's result: every model's loss summed; the student's parts logged bare, a peer's as ``name/part``."""
-        student_loss, logs = losses["student"]
-        logs = {part: value for part, value in logs.items() if part != "loss"}
-        for name, (_, parts) in losses.items():
-            if name != "student":
-                logs.update({f"{name}/{part}": value for part, value in parts.items()})
-        total = torch.stack([loss for loss, _ in losses.values()]).sum()
-        return StepOutput(loss=total, logits=student_logits, logs=logs)
-
-
-@METHODS.register("mutual")
-class MutualLearning(OnlineMethod):
-    """Deep mutual learning (Zhang et al., CVPR 2018): a student and its peers, all from scratch.
-
-    Every model minimises ``alpha · CE(labels) + (1 − alpha) · T² · mean_j KL(softmax(z_j/T) ‖ softmax(z/T))``
-    over the other models j, whose predictions are taken as fixed targets. All models step at once
-    on the summed loss; since the targets are detached, each model's gradient is that of its own loss.
-    The peers are named ``peer1``, ``peer2``, ... in the order given.
-
-    Example::
-
-        method = MutualLearning(student, peers=[mlp((64,), 10, hidden=[32])], temperature=1.0, alpha=0.5)
-    """
-
-    def __init__(self, student: nn.Module, *, peers: Sequence[nn.Module], temperature: float = 1.0,
-                 alpha: float = 0.5, label_smoothing: float = 0.0) -> None:
-        if isinstance(peers, nn.Module) or not peers:
-            raise ConfigError("mutual learning needs a list of at least one peer model to train beside the student")
-        super().__init__(student, {f"peer{number}": peer for number, peer in enumerate(peers, start=1)},
-                         temperature=temperature, alpha=alpha, label_smoothing=label_smoothing)
-
-    def step(self, batch: Batch) -> StepOutput:
-        labels = _needs_labels(batch.labels, "mutual")
-        logits = self.all_logits(batch.inputs)
-        losses = {}
-        for name, own in logits.items():
-            others = [other for other_name, other in logits.items() if other_name != name]
-            losses[name] = self.model_loss(own, labels, others)
-        return self.combine(losses, logits["student"])
+    def keywords(self, context: BuildContext) -> dict[str, Any]:
+        teacher_model = context.new_model(self.teacher_model, "teacher_model", 1)
+        return {**super().keywords(context), "teacher_model": teacher_model, "label_smoothing": context.label_smoothing}
 
 
 @METHODS.register("online")
@@ -134,6 +42,8 @@ class OnlineDistillation(OnlineMethod):
 
         method = OnlineDistillation(student, teacher_model=cnn((1, 8, 8), 10), temperature=4.0, alpha=0.5)
     """
+
+    Options = OnlineDistillationOptions
 
     def __init__(self, student: nn.Module, *, teacher_model: nn.Module, temperature: float = 4.0,
                  alpha: float = 0.5, label_smoothing: float = 0.0) -> None:

@@ -1,12 +1,21 @@
 """Training on labels alone: teachers and the student-from-scratch baseline."""
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from distillery.data.batch import Batch, counted_positions, model_logits
 from distillery.errors import ConfigError
 from distillery.losses import hard_label_cross_entropy
-from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.base import METHODS, BuildContext, Method, MethodOptions, Needs, StepOutput
+
+
+class SupervisedOptions(MethodOptions):
+    """None of its own: train.label_smoothing smooths its labels."""
+
+    def keywords(self, context: BuildContext) -> dict[str, Any]:
+        return {"label_smoothing": context.label_smoothing}
 
 
 @METHODS.register("supervised")
@@ -17,6 +26,9 @@ class Supervised(Method):
 
         method = Supervised(model, label_smoothing=0.1)
     """
+
+    Options = SupervisedOptions
+    needs = Needs(teacher=False, labels="required")
 
     def __init__(self, student: nn.Module, *, label_smoothing: float = 0.0) -> None:
         super().__init__(student)

@@ -2,7 +2,10 @@
 next-token distributions at every counted position, plus the next-token cross-entropy on the text."""
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import torch
+from pydantic import Field
 from torch import nn
 
 from distillery.data.batch import Batch, counted_positions, model_logits
@@ -10,9 +13,38 @@ from distillery.errors import ConfigError, ModelError
 from distillery.losses import hard_label_cross_entropy
 from distillery.losses.tokens import DIVERGENCES, token_loss
 from distillery.losses.topk import teacher_top_k, top_k_divergence
-from distillery.methods.base import METHODS, Method, StepOutput
+from distillery.methods.base import METHODS, Method, MethodOptions, Needs, StepOutput
 from distillery.methods.hidden_states import hidden_state_match
 from distillery.methods.on_policy import student_continuations
+
+
+class TokenDistillationOptions(MethodOptions):
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "total_variation"] = Field(
+        "forward_kl", description="the divergence between the teacher's and student's next-token distributions")
+    temperature: float = Field(1.0, gt=0.0, description="the temperature both distributions are softened at")
+    alpha: float = Field(0.0, ge=0.0, le=1.0, description="weight of the cross-entropy on the text")
+    beta: float = Field(0.5, ge=0.0, description="with divergence jsd: the mixture's teacher weight")
+    skew: float = Field(0.1, ge=0.0, le=1.0, description="with skew_kl: the teacher's share of the skewed mixture")
+    top_k: Optional[int] = Field(None, ge=1, description="learn the teacher's top k next-token probabilities and one "
+                                                         "bucket for the rest, computed once and memory-mapped "
+                                                         "(teacher_cache auto) or live (off)")
+    on_policy: float = Field(0.0, ge=0.0, le=1.0, description="GKD's lambda: the share of batches whose "
+                                                              "continuations the student samples and the teacher "
+                                                              "scores")
+    sample_temperature: float = Field(1.0, ge=0.0, description="with on_policy: the student's sampling temperature "
+                                                               "(0 greedy)")
+    sample_tokens: Optional[int] = Field(None, ge=1, description="with on_policy: the most tokens the student writes "
+                                                                 "(to the block's end)")
+    prompt_tokens: Optional[int] = Field(None, ge=1, description="with on_policy on packed text: the tokens kept as "
+                                                                 "the prompt (half the block)")
+    hidden_weight: float = Field(0.0, ge=0.0, description="weight of hidden-state matching through learned "
+                                                          "projections (0: off)")
+    hidden_map: Optional[dict[int, int]] = Field(
+        None, description="with hidden_weight: student -> teacher hidden-state index (default: each student block "
+                          "to the teacher block it started from)")
+
+    def top_k_targets(self) -> int | None:
+        return self.top_k
 
 
 @METHODS.register("token_kd")
@@ -37,6 +69,9 @@ class TokenDistillation(Method):
     Example: ``TokenDistillation(student, teacher, divergence="reverse_kl", alpha=0.0)``
     """
 
+    Options = TokenDistillationOptions
+    needs = Needs(teacher=True, data=frozenset({"next_token"}))
+
     def __init__(self, student: nn.Module, teacher: nn.Module, *, divergence: str = "forward_kl",
                  temperature: float = 1.0, alpha: float = 0.0, beta: float = 0.5, skew: float = 0.1,
                  top_k: int | None = None, on_policy: float = 0.0, sample_temperature: float = 1.0,
@@ -55,7 +90,7 @@ class TokenDistillation(Method):
             raise ConfigError(f"alpha weighs the cross-entropy on the text and must be in [0, 1), got {alpha}; "
                               "alpha = 1 leaves the teacher no weight (train without distill: instead)")
         self.add_teacher("teacher", teacher)
-        self.options = {"kind": divergence, "temperature": temperature, "beta": beta, "alpha": skew}
+        self.divergence_options = {"kind": divergence, "temperature": temperature, "beta": beta, "alpha": skew}
         self.alpha = alpha
         self.chunk_size = chunk_size
         self.top_k = top_k
@@ -85,7 +120,7 @@ class TokenDistillation(Method):
             soft = self._top_k_loss(student_logits, batch, cached=not own_text, teacher_logits=teacher_logits)
         else:
             self._check_vocabulary(teacher_logits.shape[-1], student_logits.shape[-1])
-            soft = token_loss(student_logits, teacher_logits, batch.mask, chunk_size=self.chunk_size, **self.options)
+            soft = token_loss(student_logits, teacher_logits, batch.mask, chunk_size=self.chunk_size, **self.divergence_options)
         logs = {"kd": soft.detach()}
         loss = (1.0 - self.alpha) * soft
         if self.hidden is not None:
@@ -134,7 +169,7 @@ class TokenDistillation(Method):
         for start in range(0, len(student), self.chunk_size):
             rows = slice(start, start + self.chunk_size)
             total = total + top_k_divergence(student[rows], *(part[rows] for part in targets),
-                                             kind=self.options["kind"]).sum()
+                                             kind=self.divergence_options["kind"]).sum()
         return total / max(len(student), 1)
 
     @staticmethod

@@ -1,0 +1,144 @@
+"""What the two text tasks share (next-token prediction, text classification): a tokenizer (the teacher's unless
+data.tokenizer names one), one teacher with that tokenizer, a transformer student, the tokenizer saved in the run."""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from torch import nn
+
+from distillery.app.config import RunConfig
+from distillery.app.steps.load_teachers import trusted_factories
+from distillery.app.tasks.task import Prepared, Task
+from distillery.app.tasks.token_data import (
+    check_tokenizers,
+    load_language_teacher,
+    teacher_entry,
+    teacher_tokenizer_path,
+)
+from distillery.engine import RunDirectory, resolve_device
+from distillery.engine.distributed import DistributedContext
+from distillery.errors import ConfigError
+from distillery.methods import Method
+from distillery.models import build_model, count_parameters
+from distillery.models.text_transformers import architecture_config, every_kth_block_map
+from distillery.teachers.top_k_cache import describe, top_k_targets
+
+# Settings of image and table runs that a text run would otherwise ignore without a word.
+IMAGE_SETTINGS = ("teacher_views", "calibrate_merge", "teacher_weights", "hint_teacher")
+
+
+class TextTask(Task):
+    """Subclasses give ``model_kind`` (the transformers head), :meth:`load_data`, :meth:`classes`,
+    :meth:`model_spec`, :meth:`batches`, :meth:`data_metadata` and :meth:`test_evaluation`."""
+
+    model_kind = ""
+
+    def check(self, config: RunConfig) -> None:
+        super().check(config)
+        if config.transfer is not None:
+            raise ConfigError("transfer: chooses image and table transfer sets; a text run trains on data.path, "
+                              "remove it")
+        distill = config.distill
+        unused = [name for name in IMAGE_SETTINGS if distill is not None and getattr(distill, name) is not None]
+        if unused:
+            raise ConfigError(f"distill.{unused[0]} is for image and table runs; remove it from this text run")
+
+    def prepare(self, config: RunConfig) -> Prepared:
+        entry = teacher_entry(config) if config.distill is not None else None
+        teacher_tokenizer = teacher_tokenizer_path(entry) if entry is not None else None
+        tokenizer_path = config.data.tokenizer or teacher_tokenizer
+        if tokenizer_path is None:
+            raise ConfigError("a model without a teacher needs data.tokenizer: a tokenizer folder, tokenizer.json or "
+                              ".gguf file")
+        data = self.load_data(config, tokenizer_path)
+        check_tokenizers(data, teacher_tokenizer)  # before the teacher's weights: loading a large one takes a while
+        teacher, teacher_metadata = (load_language_teacher(entry, trusted_factories(config), self.model_kind)
+                                     if entry is not None else (None, {}))
+        classes = self.classes(data, teacher_metadata)
+        _check_student_head(config.model, self.model_kind, classes)
+        return Prepared(data=data, input_shape=tuple(self.data_metadata(data)["input_shape"]), num_classes=classes,
+                        teacher=teacher, first_teacher=teacher)
+
+    def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
+        return build_model(self.model_spec(config.model, prepared.data), prepared.input_shape, prepared.num_classes)
+
+    def metadata(self, config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, Any]:
+        """model.json's record: the architecture as a self-contained config (not the path it was shrunk from)."""
+        return {
+            "role": config.role or ("distilled" if config.distill else "scratch"),
+            "task": self.name,
+            # A user's factory is recorded by name (a checkpoint names it only where the user allows it).
+            "architecture": ({"name": self.model_kind, "config": architecture_config(model.config)}
+                             if config.model["name"] == self.model_kind else dict(config.model)),
+            **self.data_metadata(prepared.data),
+            "num_classes": prepared.num_classes,
+            "preprocessing": None,
+            "dataset": {"name": config.data.dataset, "path": config.data.path,
+                        "options": config.data.source_options()},
+            "tokenizer": "tokenizer",
+            "parameters": count_parameters(model),
+            "config": config.model_dump(mode="json"),
+        }
+
+    def default_layer_map(self, model: nn.Module, teacher: nn.Module) -> dict[str, str] | None:
+        return every_kth_block_map(model, teacher)
+
+    def training_batches(self, config: RunConfig, prepared: Prepared, method: Method, context: DistributedContext,
+                         metadata: dict[str, Any]) -> tuple[Iterable, str | None]:
+        note = _attach_top_k_targets(config, method, prepared, context, metadata)
+        return self.batches(prepared.data.train, config.train.batch_size, shuffle=True, seed=config.seed), note
+
+    def validation_batches(self, config: RunConfig, prepared: Prepared) -> Iterable | None:
+        val = prepared.data.val
+        return self.batches(val, config.train.batch_size) if val is not None else None
+
+    def save_beside(self, run_dir: RunDirectory, prepared: Prepared) -> None:
+        run_dir.save_tokenizer(prepared.data.tokenizer)
+
+    def load_data(self, config: RunConfig, tokenizer_path: str) -> Any:
+        raise NotImplementedError
+
+    def classes(self, data: Any, teacher_metadata: dict[str, Any]) -> int:
+        raise NotImplementedError
+
+    def model_spec(self, spec: dict[str, Any], data: Any) -> dict[str, Any]:
+        return spec
+
+    def batches(self, dataset: Any, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterable:
+        raise NotImplementedError
+
+    def data_metadata(self, data: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+def _attach_top_k_targets(config: RunConfig, method: Method, prepared: Prepared, context: DistributedContext,
+                          metadata: dict[str, Any]) -> str | None:
+    """With the method's top-k targets and the cache on: the teacher's top-k targets for the training blocks, built
+    once (by rank 0 first under torchrun) and memory-mapped; returns the line that says what they cost, and records
+    it in ``metadata`` (k, bytes a token, the teacher's tokens a second when built)."""
+    top_k = config.distill.options.top_k_targets() if config.distill is not None else None
+    if top_k is None or config.distill.teacher_cache == "off":
+        return None
+    if config.distill.teacher_cache != "auto":
+        raise ConfigError("top-k targets live in the shared cache directory; set distill.teacher_cache to auto (or "
+                          "off, to compute them live)")
+    targets, built = context.main_first(lambda: top_k_targets(
+        prepared.teacher, prepared.data.train, top_k, batch_size=config.train.batch_size,
+        device=context.place(resolve_device(config.device)), progress=config.progress and context.is_main))
+    method.use_top_k_targets(targets)
+    manifest = targets.manifest
+    metadata["top_k_targets"] = {"k": manifest["k"], "bytes_per_token": targets.bytes_per_token,
+                                 "teacher_tokens_per_s": manifest["teacher_tokens_per_s"], "built_now": built}
+    return describe(targets, built)
+
+
+def _check_student_head(spec: dict[str, Any], kind: str, classes: int) -> None:
+    if spec.get("name") != kind and ":" not in str(spec.get("name")):
+        raise ConfigError(f"this run's data needs model.name: {kind}, or a package.module:function factory of "
+                          f"yours that takes input_ids and attention_mask; got {spec.get('name')!r}")
+    if kind != "causal_lm":
+        return
+    named = spec.get("vocab_size", (spec.get("config") or {}).get("vocab_size"))
+    if named is not None and int(named) != classes:
+        raise ConfigError(f"the student's vocab_size ({named}) is not the teacher's and tokenizer's ({classes}); "
+                          "remove vocab_size from model: (it follows the teacher)")
