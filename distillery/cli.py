@@ -228,18 +228,25 @@ def evaluate(checkpoint: Path = typer.Argument(..., help="A run directory or a .
 @app.command()
 @user_errors
 def generate(run_dir: Path = typer.Argument(..., help="A finished language-model run directory."),
-             prompt: str = typer.Option(..., help="The text to continue."),
+             prompt: Optional[str] = typer.Option(None, help="The text to continue."),
+             chat: Optional[str] = typer.Option(None, help="A question, rendered with the run's chat template as "
+                                                           "the user's turn; each model answers it."),
              max_new_tokens: int = typer.Option(40, min=1, help="How many tokens to add."),
              temperature: float = typer.Option(0.0, min=0.0, help="0: greedy; above 0: sample at this temperature."),
              seed: int = typer.Option(0, help="The sampling seed."),
              teacher: bool = typer.Option(True, help="Continue the prompt with the run's teacher too.")) -> None:
-    """Continue a prompt with a language-model run's student, beside its teacher."""
+    """Continue a prompt, or answer a question (--chat), with a language-model run's student beside its teacher."""
     from distillery.app.workflows.generate import generate_text
+    from distillery.errors import ConfigError
 
-    texts = generate_text(run_dir, prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                          teacher=teacher)
+    if (prompt is None) == (chat is None):
+        raise ConfigError("give either --prompt TEXT (to continue) or --chat QUESTION (to answer), not both or neither")
+    texts = generate_text(run_dir, prompt if chat is None else chat, max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=seed, teacher=teacher, chat=chat is not None)
+    if chat is not None:
+        typer.echo(f"{'question':>8}: {chat}")
     for name, text in texts.items():
-        typer.echo(f"{name:>8}: {prompt}{text}")
+        typer.echo(f"{name:>8}: {text.strip() if chat is not None else prompt + text}")
 
 
 @app.command()
@@ -275,19 +282,26 @@ def demo(dataset: str = typer.Option("digits", help="digits (embedded, under 3 m
 @app.command()
 @user_errors
 def export(checkpoint: Path = typer.Argument(..., help="A run directory or a .safetensors checkpoint."),
-           format_: str = typer.Option("onnx", "--format", help="onnx, or pt2 (torch.export's ExportedProgram)."),
+           format_: str = typer.Option("onnx", "--format", help="onnx, pt2 (torch.export's ExportedProgram), or "
+                                                                "huggingface (a language model's folder for "
+                                                                "transformers)."),
            output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                                 help="Where to write it (default: <run>/model.onnx or .pt2)."),
+                                                 help="Where to write it (default: <run>/model.onnx or .pt2, "
+                                                      "<run>/huggingface/)."),
            tolerance: float = typer.Option(EXPORT_TOLERANCE,
                                            help="Largest absolute logit difference from PyTorch accepted."),
-           allow_factory: List[str] = ALLOW_FACTORY) -> None:
+           allow_factory: List[str] = ALLOW_FACTORY,
+           adapters: bool = typer.Option(False, "--adapters", help="With --format huggingface, a LoRA run's adapters "
+                                                                  "alone (default: merged into the weights).")) -> None:
     """Export a checkpoint's model (the student only) and verify it against PyTorch on its test set."""
     from distillery.compress import export_model
 
     result = export_model(checkpoint, format=format_, output=output, tolerance=tolerance,
-                          allow_factories=allow_factory)
+                          allow_factories=allow_factory, adapters=adapters)
     typer.echo(f"{result.path}: {result.parameters:,} parameters, {result.size_bytes / 1024:.1f} KiB")
-    typer.echo(f"  verified on {result.samples} test samples: largest logit difference from PyTorch "
+    checked = ("rows of seeded token ids, loaded back with transformers" if result.format == "huggingface"
+               else "test samples")
+    typer.echo(f"  verified on {result.samples} {checked}: largest logit difference from PyTorch "
                f"{result.max_abs_diff:.2g} (tolerance {result.tolerance:g})")
 
 

@@ -4,21 +4,24 @@ fit and write happen here once."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from distillery.app.config import RunConfig
 from distillery.app.steps.fit import fit
 from distillery.app.steps.method import build_method, peer_architectures
 from distillery.app.steps.resume import checkpointer_for, start_or_resume
 from distillery.app.steps.write import RunWriter
-from distillery.app.tasks import Task, task_for
+from distillery.app.tasks import Prepared, Task, task_for
 from distillery.engine import RunDirectory
 from distillery.engine.distributed import setup_distributed
 from distillery.engine.training_state import read_training_state
 from distillery.errors import NumericalError
 from distillery.messages import note
 from distillery.models import initialize_from_teacher
+from distillery.models.adapters import adapter_summary, add_lora, describe_adapters
 
 
 def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = False, resume: bool = False) -> Path:
@@ -37,13 +40,7 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
 
     # Build: the data and teachers, the student, the method, the batches with the teacher's outputs.
     prepared = task.prepare(config)
-    torch.manual_seed(config.seed)
-    model = task.student(config, prepared)
-    metadata = task.metadata(config, prepared, model)
-    if prepared.first_teacher is not None and config.distill.init_from_teacher:
-        layer_map = config.distill.init_layer_map or task.default_layer_map(model, prepared.first_teacher)
-        report = initialize_from_teacher(model, prepared.first_teacher, layer_map)
-        metadata["initialized_from_teacher"] = report.summary()
+    model, metadata = _student(config, task, prepared)
     method = build_method(config, model, prepared.teacher, prepared.input_shape, prepared.num_classes)
     peers = peer_architectures(config, method)
     train_batches, source_note = task.training_batches(config, prepared, method, context, metadata)
@@ -51,7 +48,8 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
     if context.is_main:
         task.save_beside(run_dir, prepared)
     initialised = metadata.get("initialized_from_teacher")
-    for line in (task.describe(prepared), source_note, initialised and f"student initialised: {initialised}"):
+    for line in (task.describe(prepared), source_note, initialised and f"student initialised: {initialised}",
+                 "adapters" in metadata and describe_adapters(metadata["adapters"])):
         if line:
             note(line)
 
@@ -73,3 +71,19 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
                       lambda peer: task.test_evaluation(config, prepared, peer, None))
     context.barrier()  # every process returns once the run directory is complete
     return run_dir.path
+
+
+def _student(config: RunConfig, task: Task, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:
+    """The task's student from the run's seed, started from the teacher's weights where the config says so, then
+    given its LoRA adapters (which wrap the modules the teacher's weights went into); and its model.json record."""
+    torch.manual_seed(config.seed)
+    model = task.student(config, prepared)
+    metadata = task.metadata(config, prepared, model)
+    if prepared.first_teacher is not None and config.distill.init_from_teacher:
+        layer_map = config.distill.init_layer_map or task.default_layer_map(model, prepared.first_teacher)
+        report = initialize_from_teacher(model, prepared.first_teacher, layer_map)
+        metadata["initialized_from_teacher"] = report.summary()
+    if "lora" in config.model:
+        model = add_lora(model, config.model["lora"])
+        metadata["adapters"] = adapter_summary(model)
+    return model, metadata

@@ -1,7 +1,6 @@
 """Export a checkpoint's model to ONNX or torch.export's .pt2, verified against PyTorch on real test data."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection
 
@@ -10,6 +9,8 @@ import torch
 from torch import nn
 
 from distillery.atomic import atomic_write
+from distillery.compress.exported import ExportResult
+from distillery.compress.huggingface_export import export_huggingface
 from distillery.compress.quiet import first_line_of_cause, quiet
 from distillery.compress.runtime import graph_parameters, predict_logits
 from distillery.compress.source import CheckpointSource, load_source
@@ -19,26 +20,15 @@ from distillery.models.onnx_session import inference_session
 
 DEFAULT_TOLERANCE = EXPORT_TOLERANCE
 VERIFY_SAMPLES = 256
-FORMATS = {"onnx": "ONNX", "pt2": "torch.export (.pt2)"}
-
-
-@dataclass
-class ExportResult:
-    """Where the artifact is and how it was verified: the largest absolute logit difference from PyTorch on
-    ``samples`` test inputs, within ``tolerance``; ``parameters`` counts the weights stored in the artifact."""
-
-    path: Path
-    format: str
-    max_abs_diff: float
-    tolerance: float
-    samples: int
-    parameters: int
-    size_bytes: int
+FORMATS = {"onnx": "ONNX", "pt2": "torch.export (.pt2)", "huggingface": "a Hugging Face folder"}
 
 
 def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | Path | None = None,
-                 tolerance: float = DEFAULT_TOLERANCE, allow_factories: Collection[str] = ()) -> ExportResult:
-    """Export the model of a checkpoint of ours to ``format`` ("onnx" or "pt2") and verify it.
+                 tolerance: float = DEFAULT_TOLERANCE, allow_factories: Collection[str] = (),
+                 adapters: bool = False) -> ExportResult:
+    """Export the model of a checkpoint of ours to ``format`` ("onnx", "pt2", or "huggingface": a folder that
+    ``transformers`` loads, for language models and text classifiers, see
+    :func:`~distillery.compress.huggingface_export.export_huggingface`) and verify it.
 
     The artifact's outputs on a batch of the checkpoint's own test set (in its recorded preprocessing)
     must match PyTorch's within ``tolerance`` (absolute, on logits), or a ModelError says by how much and
@@ -54,6 +44,10 @@ def export_model(checkpoint: str | Path, *, format: str = "onnx", output: str | 
         raise ConfigError(f"unknown export format {format!r}; choose one of: {', '.join(FORMATS)}")
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not tolerance >= 0:
         raise ConfigError(f"tolerance must be a number >= 0 (absolute, on logits), got {tolerance!r}")
+    if format == "huggingface":
+        return export_huggingface(checkpoint, output, tolerance, allow_factories, adapters)
+    if adapters:
+        raise ConfigError("--adapters writes a LoRA run's adapters alone, with --format huggingface")
     source = load_source(checkpoint, allow_factories)
     target = Path(output) if output is not None else source.stem.with_suffix(f".{format}")
     return write_verified(source, format, target, tolerance)

@@ -32,13 +32,15 @@ class TokenBlocks:
 
     ``tokens`` int64 ``[N, L + 1]``: position p of a block predicts its token p + 1. ``counted`` bool ``[N, L]``: the
     predictions that count (not padding; with prompts, the completion's only). ``attention`` bool ``[N, L]``, the
-    positions that are not padding, or None when none are. Example: ``blocks.subset(torch.arange(10))``.
+    positions that are not padding, or None when none are. ``cut``: how many rows (conversations, prompt/completion
+    pairs) were longer than a block and cut at its end. Example: ``blocks.subset(torch.arange(10))``.
     """
 
     tokens: torch.Tensor
     counted: torch.Tensor
     attention: torch.Tensor | None
     source: str = ""
+    cut: int = 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

@@ -24,20 +24,67 @@ def prompt_lengths(batch: Batch, prompt_tokens: int) -> torch.Tensor:
 def student_continuations(student: nn.Module, batch: Batch, *, prompt_tokens: int, max_new_tokens: int | None,
                           temperature: float) -> Batch:
     """``batch`` with each block's text after its prompt replaced by the student's samples (at ``temperature``; 0:
-    greedy), up to ``max_new_tokens`` or the block's end; the mask counts the predictions of the sampled tokens, and
-    there are no labels (the hard-label term has nothing to say about the student's own text).
+    greedy), up to ``max_new_tokens``, the block's end, or the student's end-of-turn token (its config's
+    ``eos_token_id``: a chat model's turn ends there, and nothing after it counts); the mask counts the predictions
+    of the sampled tokens, and there are no labels (the hard-label term has nothing to say about the student's own
+    text). Shapes are kept: ``input_ids`` ``[B, L]``, mask ``[B, L]``.
 
-    Sampling runs the whole block once per new token without a key-value cache: causal attention makes the
-    positions after the one being written irrelevant, so blocks of different prompt lengths are sampled together.
-    The draws come from torch's global generator, which a saved training state restores. Shapes are kept:
-    ``input_ids`` ``[B, L]``, mask ``[B, L]``.
+    A transformers model samples with its key-value cache (``generate``, the prompts left-padded to one length); any
+    other model runs the whole block once per new token, which causal attention makes correct. The draws come from
+    torch's global generator, which a saved training state restores.
     """
     ids = batch.inputs["input_ids"].clone()
-    size, length = ids.shape
+    length = ids.shape[1]
     starts = prompt_lengths(batch, prompt_tokens)
-    budget = length - int(starts.min()) if max_new_tokens is None else max_new_tokens
+    budget = min(length - int(starts.min()), length if max_new_tokens is None else max_new_tokens)
     was_training = student.training
     student.eval()
+    try:
+        sample = _sample_with_cache if hasattr(student, "generate") else _sample_without_cache
+        ends = sample(student, ids, starts, budget, temperature)
+    finally:
+        student.train(was_training)
+    index = torch.arange(length, device=ids.device)[None, :]
+    # Prediction p is of token p + 1: it counts when token p + 1 was sampled.
+    mask = (index + 1 >= starts[:, None]) & (index + 1 < ends[:, None])
+    inputs = {"input_ids": ids}
+    if "attention_mask" in batch.inputs:
+        inputs["attention_mask"] = (index < ends[:, None]).long()
+    return Batch(inputs, None, mask, batch.indices)
+
+
+def _sample_with_cache(student: nn.Module, ids: torch.Tensor, starts: torch.Tensor, budget: int,
+                       temperature: float) -> torch.Tensor:
+    """Writes the samples into ``ids`` in place; returns where each row's sampled text ends (exclusive)."""
+    from transformers import GenerationConfig
+
+    size, length = ids.shape
+    width = int(starts.max())
+    end_of_turn = getattr(getattr(student, "generation_config", None), "eos_token_id", None)
+    pad = end_of_turn[0] if isinstance(end_of_turn, list) else (end_of_turn if end_of_turn is not None else 0)
+    prompts, attention = ids.new_full((size, width), pad), ids.new_zeros((size, width))
+    for row, start in enumerate(starts.tolist()):
+        prompts[row, width - start:], attention[row, width - start:] = ids[row, :start], 1
+    # Every setting given, so a pretrained model's own generation defaults (top_k 50, penalties) change nothing.
+    drawing = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 else \
+        {"do_sample": False}
+    settings = GenerationConfig(max_new_tokens=budget, eos_token_id=end_of_turn, pad_token_id=pad, use_cache=True,
+                                **drawing)
+    sampled = student.generate(prompts, attention_mask=attention, generation_config=settings)[:, width:]
+    ends = starts.clone()
+    stops = set(end_of_turn if isinstance(end_of_turn, list) else [end_of_turn]) - {None}
+    for row, start in enumerate(starts.tolist()):
+        tokens = sampled[row, : length - start].tolist()
+        written = next((at + 1 for at, token in enumerate(tokens) if token in stops), len(tokens))
+        ids[row, start: start + written] = sampled[row, :written]
+        ends[row] = start + written
+    return ends
+
+
+def _sample_without_cache(student: nn.Module, ids: torch.Tensor, starts: torch.Tensor, budget: int,
+                          temperature: float) -> torch.Tensor:
+    """Writes the samples into ``ids`` in place, one forward pass of the whole block per new token."""
+    size, length = ids.shape
     rows = torch.arange(size, device=ids.device)
     for step in range(budget):
         positions = starts + step  # where each row's next token goes
@@ -50,12 +97,4 @@ def student_continuations(student: nn.Module, batch: Batch, *, prompt_tokens: in
         else:
             tokens = logits.argmax(dim=-1)
         ids[rows[writing], positions[writing]] = tokens[writing]
-    student.train(was_training)
-    index = torch.arange(length, device=ids.device)[None, :]
-    ends = (starts + budget).clamp(max=length)
-    # Prediction p is of token p + 1: it counts when token p + 1 was sampled.
-    mask = (index + 1 >= starts[:, None]) & (index + 1 < ends[:, None])
-    inputs = {"input_ids": ids}
-    if "attention_mask" in batch.inputs:
-        inputs["attention_mask"] = (index < ends[:, None]).long()
-    return Batch(inputs, None, mask, batch.indices)
+    return (starts + budget).clamp(max=length)

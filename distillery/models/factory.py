@@ -10,6 +10,7 @@ from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from distillery.errors import ConfigError, ModelError
+from distillery.models.adapters import add_lora, lora_settings
 from distillery.user_code import import_function, user_code
 from distillery.models.huggingface import huggingface
 from distillery.models.resnet import resnet
@@ -29,16 +30,24 @@ MODELS.register("sequence_classifier")(sequence_classifier)
 _DATA_ARGUMENTS = ("input_shape", "num_classes")
 
 
-def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
+def build_model(spec: Mapping[str, Any], input_shape: Sequence[int], num_classes: int, *,
+                adapters: bool = True) -> nn.Module:
     """Build the model that `spec` describes for inputs of `input_shape` and `num_classes` classes.
 
     `spec["name"]` is a registered name (`MODELS.names()`) or "package.module:function";
-    the other keys are the builder's keyword arguments.
+    the other keys are the builder's keyword arguments, except `lora`: LoRA adapters added through peft
+    (:mod:`distillery.models.adapters`), unless `adapters` is False (a run adds them after init_from_teacher).
     Example: `build_model({"name": "mlp", "hidden": [64]}, (64,), 10)`.
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ModelError(f"a model needs a name, e.g. model: {{name: mlp}} or a package.module:function; got {spec!r}")
     kwargs = dict(spec)
+    lora = lora_settings(kwargs.pop("lora", None))
+    model = _build(kwargs, input_shape, num_classes)
+    return add_lora(model, lora) if lora is not None and adapters else model
+
+
+def _build(kwargs: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     name = kwargs.pop("name")
     input_shape = tuple(input_shape)
     if ":" in name:

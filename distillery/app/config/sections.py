@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # Sources of text, which the language pipeline reads (app/language_tasks.py) instead of the image and table one.
-TEXT_DATASETS = ("text", "text_classification")
+TEXT_DATASETS = ("text", "chat", "text_classification")
 
 
 class Strict(BaseModel):
@@ -68,11 +68,14 @@ class DataConfig(Strict):
     block_length: Optional[int] = Field(None, ge=2, description="text: the tokens a block predicts (128); "
                                                                 "text_classification: the tokens a text is cut to")
     text_column: Optional[str] = Field(None, description="text_classification: the field or column of texts (text)")
+    chat_template: Optional[str] = Field(None, description="chat: a Jinja file to render conversations with (default: "
+                                                           "the tokenizer's own chat template)")
 
     def source_options(self) -> dict[str, Any]:
         """The reader options that are set, by the names the readers take."""
         names = ("class_names", "image_size", "channels", "label_column", "image_column", "feature_columns", "test_path",
-                 "test_fraction", "layout", "factory", "factory_options", "tokenizer", "block_length", "text_column")
+                 "test_fraction", "layout", "factory", "factory_options", "tokenizer", "block_length", "text_column",
+                 "chat_template")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 

@@ -3,15 +3,17 @@ images and tables, next-token prediction, text classification."""
 from __future__ import annotations
 
 from distillery.app.config import RunConfig
+from distillery.app.tasks.chat import ChatTask
 from distillery.app.tasks.images import ImageTask
 from distillery.app.tasks.next_token import LanguageModelTask
 from distillery.app.tasks.task import Prepared, Task
 from distillery.app.tasks.text_classification import TextClassificationTask
 
 # Sources of text by data.dataset; every other source is images or a table.
-TEXT_TASKS: dict[str, type[Task]] = {"text": LanguageModelTask, "text_classification": TextClassificationTask}
+TEXT_TASKS: dict[str, type[Task]] = {"text": LanguageModelTask, "chat": ChatTask,
+                                     "text_classification": TextClassificationTask}
 
-__all__ = ["ImageTask", "LanguageModelTask", "Prepared", "TEXT_TASKS", "Task", "TextClassificationTask", "task_for"]
+__all__ = ["ChatTask", "ImageTask", "LanguageModelTask", "Prepared", "TEXT_TASKS", "Task", "TextClassificationTask", "task_for"]
 
 
 def task_for(config: RunConfig) -> Task:

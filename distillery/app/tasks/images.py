@@ -14,14 +14,26 @@ from distillery.app.steps.write import run_metadata
 from distillery.app.tasks.task import Prepared, Task
 from distillery.data import BatchIterator
 from distillery.engine.distributed import DistributedContext
+from distillery.errors import ConfigError
 from distillery.methods import Method
 from distillery.models import build_model
 from distillery.teachers.outputs_table import OutputsTable
 
 
+# Data settings of text runs, which image and table runs would otherwise ignore without a word.
+TEXT_SETTINGS = ("tokenizer", "block_length", "text_column", "chat_template")
+
+
 class ImageTask(Task):
     name = "classification"
     kind_of_data = "images"
+
+    def check(self, config: RunConfig) -> None:
+        super().check(config)
+        unused = [name for name in TEXT_SETTINGS if getattr(config.data, name) is not None]
+        if unused:
+            raise ConfigError(f"data.{unused[0]} is for text runs (data.dataset: text, chat or text_classification), "
+                              f"not {config.data.dataset!r}; remove it")
 
     def prepare(self, config: RunConfig) -> Prepared:
         teachers, data, teacher = teachers_and_data(config)
@@ -31,7 +43,7 @@ class ImageTask(Task):
                         teacher=teacher, first_teacher=teachers[0].model if teachers else None, teachers=teachers)
 
     def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
-        return build_model(config.model, prepared.input_shape, prepared.num_classes)
+        return build_model(config.model, prepared.input_shape, prepared.num_classes, adapters=False)
 
     def metadata(self, config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, Any]:
         return run_metadata(config, prepared.data, model)

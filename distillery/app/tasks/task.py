@@ -55,7 +55,8 @@ class Task:
         raise NotImplementedError
 
     def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
-        """The student, built after the run's seed is set."""
+        """The student, built after the run's seed is set, without adapters: the skeleton adds model.lora's after
+        init_from_teacher has copied the teacher's weights into the modules they wrap."""
         raise NotImplementedError
 
     def metadata(self, config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, Any]:

@@ -32,6 +32,7 @@ class TextTask(Task):
     :meth:`model_spec`, :meth:`batches`, :meth:`data_metadata` and :meth:`test_evaluation`."""
 
     model_kind = ""
+    renders_chat = False  # whether the task reads conversations with a chat template
 
     def check(self, config: RunConfig) -> None:
         super().check(config)
@@ -42,6 +43,9 @@ class TextTask(Task):
         unused = [name for name in IMAGE_SETTINGS if distill is not None and getattr(distill, name) is not None]
         if unused:
             raise ConfigError(f"distill.{unused[0]} is for image and table runs; remove it from this text run")
+        if config.data.chat_template is not None and not self.renders_chat:
+            raise ConfigError(f"data.chat_template renders conversations (data.dataset: chat), not "
+                              f"{config.data.dataset!r} data; remove it")
 
     def prepare(self, config: RunConfig) -> Prepared:
         entry = teacher_entry(config) if config.distill is not None else None
@@ -60,7 +64,8 @@ class TextTask(Task):
                         teacher=teacher, first_teacher=teacher)
 
     def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
-        return build_model(self.model_spec(config.model, prepared.data), prepared.input_shape, prepared.num_classes)
+        return build_model(self.model_spec(config.model, prepared.data), prepared.input_shape, prepared.num_classes,
+                           adapters=False)
 
     def metadata(self, config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, Any]:
         """model.json's record: the architecture as a self-contained config (not the path it was shrunk from)."""
@@ -68,7 +73,8 @@ class TextTask(Task):
             "role": config.role or ("distilled" if config.distill else "scratch"),
             "task": self.name,
             # A user's factory is recorded by name (a checkpoint names it only where the user allows it).
-            "architecture": ({"name": self.model_kind, "config": architecture_config(model.config)}
+            "architecture": ({"name": self.model_kind, "config": architecture_config(model.config),
+                              **({"lora": config.model["lora"]} if "lora" in config.model else {})}
                              if config.model["name"] == self.model_kind else dict(config.model)),
             **self.data_metadata(prepared.data),
             "num_classes": prepared.num_classes,

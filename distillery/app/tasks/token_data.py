@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -32,12 +32,15 @@ class TokenData:
     test: TokenBlocks
     tokenizer: Any
     tokenizer_path: str
+    cut: int = 0  # rows longer than a block, cut at its end (conversations, prompt/completion pairs)
 
 
-def prepare_token_data(data: DataConfig, tokenizer_path: str) -> TokenData:
-    """The text of ``data.path`` in blocks: the test split from ``data.test_path`` or the last ``test_fraction``
-    (0.1) of the blocks (held-out text, not shuffled away from its neighbours), a seeded ``val_fraction`` of the rest
-    for validation. Raises ConfigError for options text has no use for, DataError for text too short to split."""
+def prepare_token_data(data: DataConfig, tokenizer_path: str,
+                       read_blocks: Callable[[str, Any, int], TokenBlocks] = load_text_blocks) -> TokenData:
+    """The text of ``data.path`` in blocks (``read_blocks(path, tokenizer, block_length)``: plain text and
+    prompt/completion pairs by default): the test split from ``data.test_path`` or the last ``test_fraction`` (0.1) of
+    the blocks (held-out text, not shuffled away from its neighbours), a seeded ``val_fraction`` of the rest for
+    validation. Raises ConfigError for options text has no use for, DataError for text too short to split."""
     unused = [name for name in _NOT_FOR_TEXT if getattr(data, name) is not None]
     if unused or data.augment.enabled:
         raise ConfigError(f"data.{(unused or ['augment'])[0]} is for images and tables, not text; remove it")
@@ -46,9 +49,10 @@ def prepare_token_data(data: DataConfig, tokenizer_path: str) -> TokenData:
                           "prompt/completion pairs")
     tokenizer = load_tokenizer(tokenizer_path)
     length = data.block_length or DEFAULT_BLOCK_LENGTH
-    blocks = load_text_blocks(data.path, tokenizer, length)
+    blocks = read_blocks(data.path, tokenizer, length)
     if data.test_path is not None:
-        train, test = blocks, load_text_blocks(data.test_path, tokenizer, length)
+        train, test = blocks, read_blocks(data.test_path, tokenizer, length)
+        cut = blocks.cut + test.cut
     else:
         held_out = max(1, round(len(blocks) * (data.test_fraction or 0.1)))
         if held_out >= len(blocks):
@@ -56,10 +60,11 @@ def prepare_token_data(data: DataConfig, tokenizer_path: str) -> TokenData:
                             "testing; give more text, a shorter data.block_length or data.test_path")
         train, test = blocks.subset(torch.arange(len(blocks) - held_out)), \
             blocks.subset(torch.arange(len(blocks) - held_out, len(blocks)))
+        cut = blocks.cut
     train = _first(train, data.train_limit)
     test = _first(test, data.test_limit)
     train, val = split_off_validation(train, data.val_fraction)
-    return TokenData(train, val, test, tokenizer, tokenizer_path)
+    return TokenData(train, val, test, tokenizer, tokenizer_path, cut)
 
 
 def _first(blocks: TokenBlocks, limit: int | None) -> TokenBlocks:
