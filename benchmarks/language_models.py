@@ -46,13 +46,16 @@ def kjv(passage: str, path: Path) -> Path:
     return path
 
 
-def config(out: Path, name: str, train: Path, test: Path, gguf: Path, args, distill: dict | None) -> Path:
+def config(out: Path, name: str, train: Path, test: Path, gguf: Path, args, distill: dict | None,
+           dataset: str = "text", model: dict | None = None) -> Path:
+    """The run config of one arm: the student of ``args.layers`` of the teacher's blocks (with ``model``'s additions,
+    e.g. lora), trained on the text alone (``distill`` None) or distilled with token_kd and ``distill``."""
     slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
     document = {
         "output_dir": str(out / slug), "seed": 0, "measure_latency": False, "progress": False,
-        "data": {"dataset": "text", "path": str(train), "test_path": str(test), "tokenizer": str(gguf),
+        "data": {"dataset": dataset, "path": str(train), "test_path": str(test), "tokenizer": str(gguf),
                  "block_length": args.block_length, "val_fraction": 0.1, "test_limit": args.test_blocks},
-        "model": {"name": "causal_lm", "base": str(gguf), "num_hidden_layers": args.layers},
+        "model": {"name": "causal_lm", "base": str(gguf), "num_hidden_layers": args.layers, **(model or {})},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 0.0,
                   "grad_clip": 1.0},
     }

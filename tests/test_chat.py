@@ -6,13 +6,14 @@ import json
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from cli_helpers import assert_ok, assert_user_error, invoke, write_yaml
 from distillery.data.conversations import chat_blocks, read_chat_rows, render_conversation
 from distillery.data.tokenizer import load_tokenizer
 from distillery.errors import DataError
-from language_models import lm_config, save_pretrained_model, tiny_config
+from language_models import VOCABULARY, lm_config, save_pretrained_model, tiny_config
 
 # ChatML, as SmolLM2-Instruct and many others render conversations.
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -189,7 +190,33 @@ def test_the_end_of_turn_is_read_from_the_template(chat_tokenizer):
 def test_chat_settings_are_refused_where_they_do_not_apply(tmp_path, chat_tokenizer_dir):
     config = lm_config(tmp_path / "run", data={"dataset": "text", "path": str(chat_tokenizer_dir / "x.txt"),
                                                "chat_template": "t.jinja", "tokenizer": str(chat_tokenizer_dir)})
-    assert_user_error(invoke("train", write_yaml(tmp_path / "a.yaml", config)), "data.chat_template renders")
+    assert_user_error(invoke("train", write_yaml(tmp_path / "a.yaml", config)), "data.chat_template is for conversations")
     missing = lm_config(tmp_path / "run", data={"dataset": "chat", "path": str(tmp_path / "none.jsonl"),
                                                 "tokenizer": str(chat_tokenizer_dir)})
     assert_user_error(invoke("train", write_yaml(tmp_path / "b.yaml", missing)), "none.jsonl does not exist")
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_conversations_score_as_they_do_one_a_block(tmp_path, chat_tokenizer, family):
+    from distillery.data.token_batches import TokenBatches
+    from distillery.eval.perplexity import language_model_metrics
+    from distillery.models import build_model
+    from distillery.models.text_transformers import check_packed_attention
+
+    # A terse template, so several conversations fit a block of the tiny models' 128 positions.
+    terse = "{% for m in messages %}{{ m['role'][0] }}: {{ m['content'] }}\n{% endfor %}" \
+            "{% if add_generation_prompt %}a: {% endif %}"
+    rows = read_chat_rows(write_jsonl(tmp_path / "chat.jsonl", chat_rows(6)))
+    padded = chat_blocks(rows, chat_tokenizer, 120, terse, source="chat")
+    packed = chat_blocks(rows, chat_tokenizer, 120, terse, source="chat", pack=True)
+    assert len(packed) < len(padded) and packed.attention is None and packed.counted_tokens == padded.counted_tokens
+    assert counted_text(chat_tokenizer, packed)[:2] == [row.messages[-1]["content"] for row in rows[:2]]
+    first = int(padded.attention[0].sum()) + 1  # the first conversation's tokens; the second starts at position 0
+    assert packed.positions[0, first - 1: first + 1].tolist() == [first - 1, 0]
+    torch.manual_seed(0)
+    model = build_model({"name": "causal_lm", "config": tiny_config(family, layers=2)}, (120,), VOCABULARY)
+    check_packed_attention(model, "the student")  # attention follows position_ids
+    alone = language_model_metrics(model, TokenBatches(padded, 4))
+    together = language_model_metrics(model, TokenBatches(packed, 4))
+    assert together["tokens"] == alone["tokens"]
+    assert together["nll"] == pytest.approx(alone["nll"], abs=1e-4)

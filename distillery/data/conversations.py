@@ -172,28 +172,56 @@ def assistant_mask(offsets: list[tuple[int, int]], spans: list[tuple[int, int]])
 
 
 def chat_blocks(rows: list[ChatRow], tokenizer: Any, block_length: int, template: str | None = None,
-                source: str = "") -> TokenBlocks:
-    """One block per conversation, rendered and tokenised whole, cut at ``block_length + 1`` tokens and padded; only
-    predictions of assistant tokens count (position p predicts token p + 1). ``blocks.cut`` counts the
-    conversations that were longer. Raises DataError when no assistant token is left in any block."""
+                source: str = "", pack: bool = False) -> TokenBlocks:
+    """The conversations rendered and tokenised whole, in blocks of ``block_length + 1`` tokens; only predictions of
+    assistant tokens count (position p predicts token p + 1). One conversation a block, cut at its end and padded;
+    or, with ``pack``, as many whole conversations a block as fit, in order, with positions that restart at each (so
+    attention never crosses from one into the next; ``blocks.positions``). ``blocks.cut`` counts the conversations
+    longer than a block. Raises DataError when no assistant token is left in any block."""
+    encoded = [_encoded(tokenizer, row, template) for row in rows]
+    cut = sum(len(ids) > block_length + 1 for ids, _ in encoded)
+    groups = _packed(encoded, block_length + 1) if pack else [[item] for item in encoded]
     pad = padding_id(tokenizer)
-    tokens = torch.full((len(rows), block_length + 1), pad, dtype=torch.int64)
-    counted = torch.zeros(len(rows), block_length, dtype=torch.bool)
-    attention = torch.zeros(len(rows), block_length, dtype=torch.bool)
-    cut = 0
-    for index, row in enumerate(rows):
-        text, spans = render_conversation(tokenizer, row.messages, template, row.where)
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids, learned = encoded["input_ids"], assistant_mask(encoded["offset_mapping"], spans)
-        if not any(learned):
-            raise DataError(f"{row.where}: no token of its assistant turns survives tokenisation; check the chat "
-                            "template")
-        cut += len(ids) > block_length + 1
-        ids, learned = ids[: block_length + 1], learned[: block_length + 1]
+    tokens = torch.full((len(groups), block_length + 1), pad, dtype=torch.int64)
+    counted = torch.zeros(len(groups), block_length, dtype=torch.bool)
+    attention = torch.zeros(len(groups), block_length, dtype=torch.bool)
+    positions = torch.zeros(len(groups), block_length, dtype=torch.int64)
+    for index, group in enumerate(groups):
+        ids = [token for part, _ in group for token in part][: block_length + 1]
+        learned = [flag for _, part in group for flag in part][: block_length + 1]
+        starts = [position for part, _ in group for position in range(len(part))][: block_length]
         tokens[index, : len(ids)] = torch.as_tensor(ids)
         counted[index, : len(ids) - 1] = torch.as_tensor(learned[1:])
         attention[index, : len(ids) - 1] = True
+        positions[index, : len(starts)] = torch.as_tensor(starts)
+        # Padding after the last conversation is a segment of its own, which no counted position attends to.
+        positions[index, len(starts):] = torch.arange(block_length - len(starts))
     if not counted.any():
         raise DataError(f"{source}: every conversation's assistant turns lie beyond {block_length + 1} tokens; raise "
                         "data.block_length")
+    if pack:
+        return TokenBlocks(tokens, counted, None, source, cut, positions)
     return TokenBlocks(tokens, counted, attention, source, cut)
+
+
+def _encoded(tokenizer: Any, row: ChatRow, template: str | None) -> tuple[list[int], list[bool]]:
+    """A conversation's token ids and, per token, whether it is the assistant's."""
+    text, spans = render_conversation(tokenizer, row.messages, template, row.where)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    learned = assistant_mask(encoded["offset_mapping"], spans)
+    if not any(learned):
+        raise DataError(f"{row.where}: no token of its assistant turns survives tokenisation; check the chat template")
+    return encoded["input_ids"], learned
+
+
+def _packed(encoded: list[tuple[list[int], list[bool]]], size: int) -> list[list[tuple[list[int], list[bool]]]]:
+    """Conversations in order, grouped so each group's tokens fit ``size``; a longer one is a group of its own."""
+    groups: list[list[tuple[list[int], list[bool]]]] = []
+    used = size
+    for item in encoded:
+        if used + len(item[0]) > size:
+            groups.append([])
+            used = 0
+        groups[-1].append(item)
+        used += len(item[0])
+    return groups

@@ -33,7 +33,9 @@ class TokenBlocks:
     ``tokens`` int64 ``[N, L + 1]``: position p of a block predicts its token p + 1. ``counted`` bool ``[N, L]``: the
     predictions that count (not padding; with prompts, the completion's only). ``attention`` bool ``[N, L]``, the
     positions that are not padding, or None when none are. ``cut``: how many rows (conversations, prompt/completion
-    pairs) were longer than a block and cut at its end. Example: ``blocks.subset(torch.arange(10))``.
+    pairs) were longer than a block and cut at its end. ``positions`` int64 ``[N, L]``: with several conversations
+    packed into a block, each input token's position within its own conversation (restarting at 0, so attention never
+    crosses from one into the next), else None. Example: ``blocks.subset(torch.arange(10))``.
     """
 
     tokens: torch.Tensor
@@ -41,6 +43,7 @@ class TokenBlocks:
     attention: torch.Tensor | None
     source: str = ""
     cut: int = 0
+    positions: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -58,7 +61,8 @@ class TokenBlocks:
     def subset(self, indices: torch.Tensor) -> "TokenBlocks":
         """The blocks at ``indices``, in that order."""
         attention = self.attention[indices] if self.attention is not None else None
-        return TokenBlocks(self.tokens[indices], self.counted[indices], attention, self.source)
+        positions = self.positions[indices] if self.positions is not None else None
+        return TokenBlocks(self.tokens[indices], self.counted[indices], attention, self.source, positions=positions)
 
 
 def read_documents(path: str | Path) -> list[tuple[str, str]]:

@@ -14,7 +14,8 @@ IGNORED = -100
 class TokenBatches(IndexedBatches):
     """Iterates :class:`TokenBlocks` as :class:`~distillery.data.batch.Batch` es.
 
-    Each batch's inputs are ``{"input_ids": [B, L]}`` (plus ``"attention_mask"`` when the blocks have padding), its
+    Each batch's inputs are ``{"input_ids": [B, L]}`` (plus ``"attention_mask"`` when the blocks have padding, and
+    ``"position_ids"`` when they pack several conversations), its
     labels the next tokens ``[B, L]`` (``-100`` where a prediction does not count), its mask the counted predictions
     ``[B, L]`` and its indices the blocks' positions (int64, CPU), which a teacher-output cache is keyed by. The order
     depends only on (seed, epoch), so a resumed run sees the same batches. Example::
@@ -39,5 +40,7 @@ def token_batch(blocks: TokenBlocks, indices: torch.Tensor) -> Batch:
     inputs = {"input_ids": tokens[:, :-1]}
     if blocks.attention is not None:
         inputs["attention_mask"] = blocks.attention[indices].long()
+    if blocks.positions is not None:  # packed conversations: positions restart, so attention stays within each
+        inputs["position_ids"] = blocks.positions[indices]
     labels = tokens[:, 1:].masked_fill(~counted, IGNORED)
     return Batch(inputs, labels, counted, indices)

@@ -110,6 +110,9 @@ class TokenDistillation(Method):
         # GKD's coin, from the global generator (restored on resume): this batch's text is the student's own.
         own_text = self.on_policy > 0 and self.training and float(torch.rand(())) < self.on_policy
         if own_text:
+            if "position_ids" in batch.inputs:
+                raise ConfigError("on_policy samples one conversation a block, but these blocks pack several; set "
+                                  "data.pack: false")
             length = batch.inputs["input_ids"].shape[1]
             prompt = self.sampling["prompt_tokens"] or length // 2
             batch = student_continuations(self.student, batch, prompt_tokens=prompt,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from distillery.data.tokenizer import offline
-from distillery.errors import ModelError
+from distillery.errors import ConfigError, ModelError
 from distillery.models.init_from import initialize_from_teacher
 from distillery.user_code import first_line
 
@@ -177,3 +177,21 @@ def every_kth_block_map(student: nn.Module, teacher: nn.Module) -> dict[str, str
     layer_map = {"": ""}  # everything by name; the block entries below are longer, so they win
     layer_map.update({f"{student_blocks}.{index}": f"{teacher_blocks}.{pick}" for index, pick in enumerate(picks)})
     return layer_map
+
+
+@torch.no_grad()
+def check_packed_attention(model: nn.Module, who: str) -> None:
+    """Refuse, naming ``who``, a model whose attention crosses from one packed sequence into the next: the second of
+    two sequences packed in one row (positions restarting at 0) must give the logits it gives alone. Raises
+    ConfigError. Example: ``check_packed_attention(student, "the student")``"""
+    vocabulary = int(getattr(model.config, "vocab_size", 2))
+    ids = torch.randint(0, vocabulary, (1, 8), generator=torch.Generator().manual_seed(0))
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])
+    was_training = model.training
+    model.eval()
+    packed = model(input_ids=ids, position_ids=positions).logits[0, 4:]
+    alone = model(input_ids=ids[:, 4:]).logits[0]
+    model.train(was_training)
+    if not torch.allclose(packed, alone, atol=1e-4):
+        raise ConfigError(f"{who} ({type(model).__name__}) attends across packed conversations (its attention does not "
+                          "follow position_ids); set data.pack: false")

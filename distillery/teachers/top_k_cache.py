@@ -9,6 +9,7 @@ complete. Bytes a token: k · 6 + 4 (k · 8 + 4 with int32 indices), against V �
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -65,8 +66,11 @@ def top_k_targets(teacher: nn.Module, blocks: TokenBlocks, k: int, *, batch_size
                   device: torch.device | str = "cpu", progress: bool = True) -> tuple[TopKTargets, bool]:
     """The teacher's top-``k`` targets for ``blocks`` from the cache, built first when missing; returns them and
     whether they were built now. Example: ``targets, built = top_k_targets(teacher, data.train, 64)``"""
+    packing = hashlib.sha256(blocks.positions.numpy().tobytes()).hexdigest()[:16] if blocks.positions is not None \
+        else None  # packed conversations: where each starts decides what the teacher's attention sees
     parts = fingerprint(blocks.tokens, teacher, None, {"kind": "top_k", "k": k,
-                                                        "attention": blocks.attention is not None})
+                                                        "attention": blocks.attention is not None,
+                                                        **({"packing": packing} if packing else {})})
     directory = default_cache_dir() / "top_k" / cache_key(parts)
     if (directory / "manifest.json").is_file():
         targets = TopKTargets(directory)

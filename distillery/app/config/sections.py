@@ -70,13 +70,15 @@ class DataConfig(Strict):
     text_column: Optional[str] = Field(None, description="text_classification: the field or column of texts (text)")
     chat_template: Optional[str] = Field(None, description="chat: a Jinja file to render conversations with (default: "
                                                            "the tokenizer's own chat template)")
+    pack: bool = Field(False, description="chat: pack several whole conversations into a block, attention and positions "
+                                          "never crossing from one into the next (default: one conversation a block)")
 
     def source_options(self) -> dict[str, Any]:
         """The reader options that are set, by the names the readers take."""
         names = ("class_names", "image_size", "channels", "label_column", "image_column", "feature_columns", "test_path",
                  "test_fraction", "layout", "factory", "factory_options", "tokenizer", "block_length", "text_column",
-                 "chat_template")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+                 "chat_template", "pack")
+        return {name: value for name in names if (value := getattr(self, name)) is not None and value is not False}
 
 
 class TrainConfig(Strict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from distillery.app.config import RunConfig
 from distillery.app.tasks.next_token import LanguageModelTask
 from distillery.app.tasks.task import Prepared
@@ -12,6 +14,7 @@ from distillery.app.tasks.token_data import TokenData, prepare_token_data
 from distillery.data.conversations import chat_blocks, read_chat_rows
 from distillery.data.text import TokenBlocks
 from distillery.errors import ConfigError
+from distillery.models.text_transformers import check_packed_attention
 
 
 class ChatTask(LanguageModelTask):
@@ -27,16 +30,30 @@ class ChatTask(LanguageModelTask):
         def read(path: str, tokenizer: Any, block_length: int) -> TokenBlocks:
             if template is not None:
                 tokenizer.chat_template = template  # saved with the run's tokenizer: generate and export use it
-            return chat_blocks(read_chat_rows(path), tokenizer, block_length, template, str(path))
+            return chat_blocks(read_chat_rows(path), tokenizer, block_length, template, str(path),
+                               pack=config.data.pack)
 
         return prepare_token_data(config.data, tokenizer_path, read)
+
+    def prepare(self, config: RunConfig) -> Prepared:
+        prepared = super().prepare(config)
+        if config.data.pack and prepared.teacher is not None:
+            check_packed_attention(prepared.teacher, "the teacher")
+        return prepared
+
+    def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
+        model = super().student(config, prepared)
+        if config.data.pack:
+            check_packed_attention(model, "the student")
+        return model
 
     def describe(self, prepared: Prepared) -> str:
         data = prepared.data
         cut = (f"; {data.cut} longer than {data.train.block_length + 1} tokens were cut at the end (raise "
                "data.block_length to keep them whole)") if data.cut else ""
-        return (f"{len(data.train)} training conversations ({data.train.counted_tokens:,} assistant tokens counted), "
-                f"{len(data.test)} test conversations{cut}")
+        unit = "blocks of packed conversations" if data.train.positions is not None else "conversations"
+        return (f"{len(data.train)} training {unit} ({data.train.counted_tokens:,} assistant tokens counted), "
+                f"{len(data.test)} test {unit}{cut}")
 
 
 def _read_template(path: str | None) -> str | None:

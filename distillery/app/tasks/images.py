@@ -21,7 +21,7 @@ from distillery.teachers.outputs_table import OutputsTable
 
 
 # Data settings of text runs, which image and table runs would otherwise ignore without a word.
-TEXT_SETTINGS = ("tokenizer", "block_length", "text_column", "chat_template")
+TEXT_SETTINGS = ("tokenizer", "block_length", "text_column", "chat_template", "pack")
 
 
 class ImageTask(Task):
@@ -30,7 +30,7 @@ class ImageTask(Task):
 
     def check(self, config: RunConfig) -> None:
         super().check(config)
-        unused = [name for name in TEXT_SETTINGS if getattr(config.data, name) is not None]
+        unused = [name for name in TEXT_SETTINGS if getattr(config.data, name) not in (None, False)]  # pack: false is unset
         if unused:
             raise ConfigError(f"data.{unused[0]} is for text runs (data.dataset: text, chat or text_classification), "
                               f"not {config.data.dataset!r}; remove it")

@@ -43,8 +43,9 @@ class TextTask(Task):
         unused = [name for name in IMAGE_SETTINGS if distill is not None and getattr(distill, name) is not None]
         if unused:
             raise ConfigError(f"distill.{unused[0]} is for image and table runs; remove it from this text run")
-        if config.data.chat_template is not None and not self.renders_chat:
-            raise ConfigError(f"data.chat_template renders conversations (data.dataset: chat), not "
+        chat_settings = [name for name in ("chat_template", "pack") if getattr(config.data, name) not in (None, False)]
+        if chat_settings and not self.renders_chat:
+            raise ConfigError(f"data.{chat_settings[0]} is for conversations (data.dataset: chat), not "
                               f"{config.data.dataset!r} data; remove it")
 
     def prepare(self, config: RunConfig) -> Prepared:
