@@ -191,6 +191,11 @@ def test_chat_settings_are_refused_where_they_do_not_apply(tmp_path, chat_tokeni
     config = lm_config(tmp_path / "run", data={"dataset": "text", "path": str(chat_tokenizer_dir / "x.txt"),
                                                "chat_template": "t.jinja", "tokenizer": str(chat_tokenizer_dir)})
     assert_user_error(invoke("train", write_yaml(tmp_path / "a.yaml", config)), "data.chat_template is for conversations")
+    packed_text = lm_config(tmp_path / "run", data={"dataset": "text", "path": str(chat_tokenizer_dir / "x.txt"),
+                                                    "pack": True, "tokenizer": str(chat_tokenizer_dir)})
+    assert_user_error(invoke("train", write_yaml(tmp_path / "p.yaml", packed_text)), "data.pack is for conversations")
+    on_images = {"output_dir": str(tmp_path / "img"), "data": {"dataset": "digits", "pack": True}}
+    assert_user_error(invoke("train", write_yaml(tmp_path / "i.yaml", on_images)), "data.pack is for text runs")
     missing = lm_config(tmp_path / "run", data={"dataset": "chat", "path": str(tmp_path / "none.jsonl"),
                                                 "tokenizer": str(chat_tokenizer_dir)})
     assert_user_error(invoke("train", write_yaml(tmp_path / "b.yaml", missing)), "none.jsonl does not exist")
