@@ -59,10 +59,7 @@ def build_method(name: str, student: nn.Module, teacher: nn.Module | None, optio
                  context: BuildContext) -> Method:
     """The method ``name`` for a configured run, from its validated options (see :meth:`Method.build`)."""
     method_type = method_class(name)
-    if method_type.needs.teacher and teacher is None:
-        raise ConfigError(f"method {name!r} needs a teacher; set distill.teacher to a teacher's run directory")
-    if not method_type.needs.teacher and teacher is not None:
-        raise ConfigError(f"method {name!r} trains without a teacher; remove the teacher (distill.teacher)")
+    _check_teacher(name, method_type.needs.teacher, teacher)
     method = method_type.build(student, teacher, options, context)
     method.name = name  # what errors call it: the name the user wrote, not the class
     return method
@@ -88,12 +85,16 @@ def create_method(name: str, student: nn.Module, teacher: nn.Module | None = Non
     if missing:
         raise ConfigError(f"method {name!r} needs {' and '.join(missing)} (in distill:); see the method's table in "
                           "the README")
-    if "teacher" in accepted:
-        if teacher is None:
-            raise ConfigError(f"method {name!r} needs a teacher; set distill.teacher to a teacher's run directory")
+    _check_teacher(name, "teacher" in accepted, teacher)
+    if teacher is not None:
         given["teacher"] = teacher
-    elif teacher is not None:
-        raise ConfigError(f"method {name!r} trains without a teacher; remove the teacher (distill.teacher)")
     method = method_type(student, **given)
     method.name = name
     return method
+
+
+def _check_teacher(name: str, takes_one: bool, teacher: nn.Module | None) -> None:
+    if takes_one and teacher is None:
+        raise ConfigError(f"method {name!r} needs a teacher; set distill.teacher to a teacher's run directory")
+    if not takes_one and teacher is not None:
+        raise ConfigError(f"method {name!r} trains without a teacher; remove the teacher (distill.teacher)")
