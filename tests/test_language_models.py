@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from cli_helpers import assert_ok, assert_user_error, invoke, write_yaml
 from language_models import TEXT, VOCABULARY, lm_config, save_pretrained_model, tiny_config, train_tokenizer
 
+import distillery
 from distillery.data.text import load_text_blocks, pack_documents, prompt_completion_blocks
 from distillery.data.token_batches import IGNORED, TokenBatches
 from distillery.eval.perplexity import language_model_metrics
@@ -102,6 +103,19 @@ def test_token_kd_step_is_the_divergence_over_counted_tokens(family, tokenizer):
     ce = F.cross_entropy(s, batch.labels.reshape(-1)[keep])
     assert torch.allclose(output.loss, 0.75 * kl + 0.25 * ce, atol=1e-5)
     assert not any(parameter.requires_grad for parameter in method.teacher.parameters())
+
+
+def test_the_python_api_distils_a_language_model_on_token_batches(tokenizer):
+    torch.manual_seed(0)
+    student = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=1)}, (16,), VOCABULARY)
+    teacher = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=2)}, (16,), VOCABULARY)
+    blocks = load_text_blocks(TEXT, tokenizer, 16, cache=False).subset(torch.arange(32))
+    before = {name: value.clone() for name, value in teacher.state_dict().items()}
+    result = distillery.distill(teacher, student, TokenBatches(blocks, 8, shuffle=True), method="token_kd",
+                                method_options={"divergence": "reverse_kl"}, epochs=2, lr=3e-3, progress=False)
+    losses = [record["train/loss"] for record in result.history]
+    assert losses[1] < losses[0]
+    assert all(torch.equal(before[name], value) for name, value in teacher.state_dict().items())
 
 
 def test_perplexity_is_exp_of_the_mean_cross_entropy_over_counted_tokens(tokenizer):

@@ -40,14 +40,16 @@ def train(model: nn.Module, train_data: Any, val_data: Any = None, *, label_smoo
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Any, val_data: Any = None, *,
             method: str = "hinton", temperature: float | None = None, alpha: float | None = None,
-            label_smoothing: float = 0.0, method_options: dict[str, Any] | None = None, seed: int = 0,
+            label_smoothing: float | None = None, method_options: dict[str, Any] | None = None, seed: int = 0,
             teacher_once: bool = True, **options: Any) -> Result:
     """Distil ``teacher`` into ``student``: the teacher is frozen and kept in eval mode, only the student trains.
 
     ``method``: "hinton" (soft targets at ``temperature``, KL·T², plus ``alpha`` · hard-label CE at T=1;
     defaults T=4, alpha=0.5), "logit_mse" (alpha · CE + (1 − alpha) · MSE between logits), "dkd" or
-    "dist". Further method keywords (``standardize``, ``nckd_weight``, ...) go in ``method_options``;
-    None means the method's default. Training options as for :func:`train`.
+    "dist", or a language model's "token_kd" on :class:`~distillery.data.token_batches.TokenBatches`. Further
+    method keywords (``standardize``, ``nckd_weight``, ``divergence``, ...) go in ``method_options``; None (also for
+    ``temperature``, ``alpha`` and ``label_smoothing``) means the method's default. Training options as for
+    :func:`train`.
 
     ``alpha`` weighs the hard-label term and 1 − alpha the soft term on every batch; batches without labels
     have no hard term (pass ``alpha=0`` for an unlabeled transfer set). The caller's ``teacher`` is frozen and
