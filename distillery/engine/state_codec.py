@@ -77,8 +77,29 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def trainable_state(method: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The method's state without its frozen teachers: those are rebuilt from the config, unchanged."""
-    prefixes = tuple(f"{name}." for name in getattr(method, "teacher_names", ()))
-    return {key: value for key, value in method.state_dict().items() if not key.startswith(prefixes)}
+    return changing_state(method, tuple(f"{name}." for name in getattr(method, "teacher_names", ())))
+
+
+def changing_state(module: torch.nn.Module, skip: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """``module``'s state without what training never changes: its frozen parameters (a LoRA student's base
+    weights, which the run rebuilds from its config unchanged, as it does its teachers) and the keys under the
+    ``skip`` prefixes. Buffers stay: training may change them (batch-norm statistics)."""
+    frozen = frozen_keys(module)
+    return {key: value for key, value in module.state_dict().items() if key not in frozen and not key.startswith(skip)}
+
+
+def frozen_keys(module: torch.nn.Module) -> set[str]:
+    """The state-dict keys of ``module``'s parameters that do not require gradients (shared ones under each name)."""
+    return {name for name, parameter in module.named_parameters(remove_duplicate=False) if not parameter.requires_grad}
+
+
+def load_changing_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`changing_state` into ``module``; raises RuntimeError when more than its frozen keys are missing
+    or a key is unknown (the state was taken from another module)."""
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = sorted(set(missing) - frozen_keys(module))
+    if missing or unexpected:
+        raise RuntimeError(f"the state does not fit the module (missing: {missing[:3]}, unexpected: {unexpected[:3]})")
 
 
 def result_payload(result: FitResult) -> dict[str, Any]:

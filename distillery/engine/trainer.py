@@ -18,6 +18,7 @@ from distillery.data.batch import as_batch, counted_positions, model_logits
 from distillery.engine.device import autocast
 from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
 from distillery.engine.progress import EpochProgress, FitResult, PeerBest, peer_record
+from distillery.engine.state_codec import changing_state
 from distillery.errors import DataError, NumericalError
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class Trainer:
         if score >= result.best_score:
             result.best_score = score
             result.best_epoch = record["epoch"]
-            result.best_state = copy.deepcopy(self.method.student.state_dict())
+            result.best_state = copy.deepcopy(changing_state(self.method.student))
             result.best_metrics = {k: v for k, v in record.items() if k.startswith("val/") and k.count("/") == 1}
         for name, peer in self.method.peer_models().items():
             view = peer_record(record, name)
@@ -182,7 +183,7 @@ class Trainer:
             score = view.get("val/accuracy", float(record["epoch"]))
             if score >= best.score:
                 best.score, best.epoch = score, record["epoch"]
-                best.state = copy.deepcopy(peer.state_dict())
+                best.state = copy.deepcopy(changing_state(peer))
                 best.metrics = {k: v for k, v in view.items() if k.startswith("val/")}
 
 

@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from distillery.engine.progress import EpochProgress, FitResult, TrainingLoop
-from distillery.engine.state_codec import TENSOR, decode, result_from, set_rng_states, trainable_state
+from distillery.engine.state_codec import (TENSOR, decode, frozen_keys, result_from, set_rng_states,
+                                          trainable_state)
 from distillery.errors import CheckpointError, RunExistsError
 
 FORMAT = "distillery-training-state"
@@ -109,7 +110,8 @@ class SavedState:
             raise CheckpointError(f"{self.path} does not fit this run's model or optimiser ({first_line}); "
                                   "resume with the run's own config.yaml") from None
         prefixes = tuple(f"{name}." for name in getattr(trainer.method, "teacher_names", ()))
-        missing = [key for key in missing if not key.startswith(prefixes)]
+        frozen = frozen_keys(trainer.method)  # never saved: rebuilt from the config, unchanged
+        missing = [key for key in missing if not key.startswith(prefixes) and key not in frozen]
         if missing or unexpected:
             raise CheckpointError(f"{self.path} was saved for a different model (missing: {missing[:3]}, "
                                   f"unexpected: {unexpected[:3]}); resume with the run's own config.yaml")

@@ -11,6 +11,7 @@ from distillery.app.config import TrainConfig
 from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine import BestEpoch, Trainer, build_optimizer, build_scheduler, compile_student, peer_record, resolve_device
 from distillery.engine.distributed import setup_distributed
+from distillery.engine.state_codec import load_changing_state
 from distillery.errors import DataError
 from distillery.methods import Method
 
@@ -80,11 +81,11 @@ def fit(method: Method, train_data: Any, val_data: Any, train: TrainConfig, *, s
                       distributed=context, best=best)
     fitted = trainer.fit(train_batches, val_batches, on_epoch_end=on_epoch_end, checkpointer=checkpointer,
                          resume=resume)
-    method.student.load_state_dict(fitted.best_state)
+    load_changing_state(method.student, fitted.best_state)
     peers = {}
     for name, peer in method.peer_models().items():
         best_peer = fitted.peers[name]
-        peer.load_state_dict(best_peer.state)
+        load_changing_state(peer, best_peer.state)
         peers[name] = Result(model=peer, history=[peer_record(record, name) for record in fitted.history],
                              metrics=best_peer.metrics, best_epoch=best_peer.epoch)
     return Result(model=method.student, history=fitted.history, metrics=fitted.best_metrics,
