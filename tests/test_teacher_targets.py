@@ -17,16 +17,21 @@ from distillery.models import build_model
 # ---------------------------------------------------------------- offline top-k teacher targets
 
 
+def llama_pair_on_text(tokenizer):
+    """A 2-block teacher and a 1-block student (eval mode), 12 blocks of 16 tokens and one batch of them."""
+    torch.manual_seed(0)
+    teacher = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=2)}, (16,), VOCABULARY).eval()
+    student = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=1)}, (16,), VOCABULARY).eval()
+    blocks = load_text_blocks(TEXT, tokenizer, 16, cache=False).subset(torch.arange(12))
+    return teacher, student, blocks, next(iter(TokenBatches(blocks, 12)))
+
+
 def test_cached_top_k_targets_equal_the_full_loss_at_k_equal_vocabulary_and_bound_it_below(tmp_path, tokenizer,
                                                                                           monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
     from distillery.teachers.top_k_cache import top_k_targets
 
-    torch.manual_seed(0)
-    teacher = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=2)}, (16,), VOCABULARY).eval()
-    student = build_model({"name": "causal_lm", "config": tiny_config("llama", layers=1)}, (16,), VOCABULARY).eval()
-    blocks = load_text_blocks(TEXT, tokenizer, 16, cache=False).subset(torch.arange(12))
-    batch = next(iter(TokenBatches(blocks, 12)))
+    teacher, student, blocks, batch = llama_pair_on_text(tokenizer)
     full = create_method("token_kd", student, teacher).eval().step(batch).loss
     losses = {}
     for k in (1, 8, 64, VOCABULARY):
@@ -44,6 +49,26 @@ def test_cached_top_k_targets_equal_the_full_loss_at_k_equal_vocabulary_and_boun
     with torch.no_grad():
         teacher.model.norm.weight.mul_(2)  # another teacher: another cache
     assert top_k_targets(teacher, blocks, 8, progress=False)[1]
+
+
+def test_smaller_storage_is_its_own_cache_and_gives_nearly_the_same_loss(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    from distillery.teachers.top_k_cache import top_k_targets
+
+    teacher, student, blocks, batch = llama_pair_on_text(tokenizer)
+    losses, folders = {}, set()
+    for storage, size in (("float32", 388), ("float16", 258), ("compact", 146)):
+        targets, built = top_k_targets(teacher, blocks, 64, storage=storage, progress=False)
+        assert built and targets.bytes_per_token == size and targets.manifest["storage"] == storage
+        folders.add(targets.directory)
+        method = create_method("token_kd", student, teacher, top_k=64).eval()
+        method.use_top_k_targets(targets)
+        losses[storage] = method.step(batch).loss.item()
+    assert len(folders) == 3
+    assert losses["float16"] == pytest.approx(losses["float32"], rel=1e-3)
+    assert losses["compact"] == pytest.approx(losses["float32"], abs=5e-3)
+    with pytest.raises(ValueError, match="unknown storage"):
+        top_k_targets(teacher, blocks, 64, storage="int4", progress=False)
 
 
 def test_top_k_with_a_temperature_is_refused():
@@ -64,7 +89,7 @@ def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pret
         document["train"]["epochs"] = 1
         return run(build_config(document))
     distil("first")
-    assert "top-16 teacher targets: 100 bytes a token (1,200 for the whole distribution)" in capsys.readouterr().err
+    assert "top-16 teacher targets (float32): 100 bytes a token (1,200 for the whole distribution)" in capsys.readouterr().err
     evaluation = json.loads((distil("second") / "evaluation.json").read_text())
     assert "reused from" in capsys.readouterr().err
     assert evaluation["perplexity"] > 1 and evaluation["agreement"] > 0

@@ -203,6 +203,10 @@ def check_finite(output: "StepOutput", epoch: int, step: int) -> None:
     if teacher is not None and not bool(torch.isfinite(teacher).all()):
         cause = ("the teacher's outputs are not finite, so its weights or inputs are broken; check the teacher with "
                  "`distillery evaluate TEACHER`")
+    elif output.logits is None:
+        cause = ("the student's logits were projected a chunk at a time and never held whole, so whether they or a "
+                 "loss setting failed is not known: lower train.lr or set train.grad_clip (e.g. 1.0), and check the "
+                 "loss's settings (temperature, weights)")
     elif not bool(torch.isfinite(output.logits.detach()).all()):
         cause = ("the student's outputs are not finite: training diverged; lower train.lr, or set train.grad_clip "
                  "(e.g. 1.0)")

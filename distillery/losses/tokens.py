@@ -73,6 +73,19 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     return divergence * temperature ** 2
 
 
+@torch.no_grad()
+def forward_kl_with_gradient(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                             temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_divergence`'s forward KL (T² · KL(teacher ‖ student) at ``temperature``) per row ``[N]`` and its
+    gradient with respect to the student's logits ``[N, V]`` (float32), written out: T · (q_T − p_T), with q_T and
+    p_T the student's and the teacher's softmax at T (tested against autograd)."""
+    student = _log_probs(student_logits, temperature)
+    teacher = _log_probs(teacher_logits, temperature)
+    teacher_probs = teacher.exp()
+    loss = _kl(teacher, student) * temperature ** 2
+    return loss, student.exp_().sub_(teacher_probs).mul_(temperature)
+
+
 def token_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None = None, *,
                chunk_size: int = 1024, reduction: str = "mean",
                divergence: Callable[..., torch.Tensor] = token_divergence, **options) -> torch.Tensor:

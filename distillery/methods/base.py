@@ -104,11 +104,12 @@ class MethodOptions(BaseModel):
 class StepOutput:
     """One training step's result: the loss to minimise, the student's logits, and loss parts to log.
 
-    ``teacher_logits``, where the step used a teacher's, lets a non-finite loss be traced to its source.
+    ``logits`` is None for a step that never held them whole (projected a chunk at a time). ``teacher_logits``, where
+    the step used a teacher's, lets a non-finite loss be traced to its source.
     """
 
     loss: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     logs: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher_logits: torch.Tensor | None = None
 

@@ -16,6 +16,8 @@ from distillery.losses.topk import teacher_top_k, top_k_divergence
 from distillery.methods.base import METHODS, Method, MethodOptions, Needs, StepOutput
 from distillery.methods.hidden_states import hidden_state_match
 from distillery.methods.on_policy import student_continuations
+from distillery.methods.projected_tokens import TokenLossSettings, projected_token_loss, teacher_source
+from distillery.models.lm_head import split_causal_lm
 
 
 class TokenDistillationOptions(MethodOptions):
@@ -39,6 +41,10 @@ class TokenDistillationOptions(MethodOptions):
                                                                  "the prompt (half the block)")
     hidden_weight: float = Field(0.0, ge=0.0, description="weight of hidden-state matching through learned "
                                                           "projections (0: off)")
+    project_in_chunks: bool = Field(
+        True, description="project the student's (and a live teacher's) last hidden states to the vocabulary a chunk "
+                          "of counted positions at a time, never holding the batch's logits; models that cannot be "
+                          "split into body and output projection (checked on the first batch) use their logits")
     hidden_map: Optional[dict[int, int]] = Field(
         None, description="with hidden_weight: student -> teacher hidden-state index (default: each student block "
                           "to the teacher block it started from)")
@@ -76,7 +82,8 @@ class TokenDistillation(Method):
                  temperature: float = 1.0, alpha: float = 0.0, beta: float = 0.5, skew: float = 0.1,
                  top_k: int | None = None, on_policy: float = 0.0, sample_temperature: float = 1.0,
                  sample_tokens: int | None = None, prompt_tokens: int | None = None, hidden_weight: float = 0.0,
-                 hidden_map: dict[int, int] | None = None, chunk_size: int = 1024) -> None:
+                 hidden_map: dict[int, int] | None = None, chunk_size: int = 1024,
+                 project_in_chunks: bool = True) -> None:
         super().__init__(student)
         if not 0.0 <= on_policy <= 1.0:
             raise ConfigError(f"on_policy is the share of batches the student writes, in [0, 1]; got {on_policy}")
@@ -100,6 +107,8 @@ class TokenDistillation(Method):
                          "prompt_tokens": prompt_tokens}
         self.hidden_weight = hidden_weight
         self.hidden = hidden_state_match(student, teacher, hidden_weight, hidden_map)
+        self.project_in_chunks = project_in_chunks
+        self._splits: tuple | None = None  # (student, teacher) as body and head, decided on the first batch
 
     def use_top_k_targets(self, targets) -> None:
         """Read the teacher's top-k targets by block index (a :class:`~distillery.teachers.top_k_cache.TopKTargets`)
@@ -118,6 +127,10 @@ class TokenDistillation(Method):
             batch = student_continuations(self.student, batch, prompt_tokens=prompt,
                                           max_new_tokens=self.sampling["max_new_tokens"],
                                           temperature=self.sampling["temperature"])
+        if self.project_in_chunks and self.hidden is None:
+            projected = self._projected_step(batch, cached=not own_text)
+            if projected is not None:
+                return projected
         (student_logits, student_states), (teacher_logits, teacher_states) = self._outputs(batch, live=not own_text)
         if self.top_k is not None:
             soft = self._top_k_loss(student_logits, batch, cached=not own_text, teacher_logits=teacher_logits)
@@ -136,6 +149,25 @@ class TokenDistillation(Method):
             loss = loss + self.alpha * hard
             logs["ce"] = hard.detach()
         return StepOutput(loss, student_logits, logs, teacher_logits=teacher_logits)
+
+    def _projected_step(self, batch: Batch, cached: bool) -> StepOutput | None:
+        """The step with the vocabulary projected a chunk of counted positions at a time
+        (:mod:`~distillery.methods.projected_tokens`); None where the student cannot be split or the batch has no
+        per-position mask."""
+        if batch.mask is None or batch.mask.dim() < 2 or not isinstance(batch.inputs, dict):
+            return None
+        if self._splits is None:
+            student = split_causal_lm(self.student, batch.inputs)
+            self._splits = (student, split_causal_lm(self.teacher, batch.inputs) if student is not None else None)
+        student, teacher = self._splits
+        if student is None:
+            return None
+        targets = self.top_k_targets if cached else None
+        source = teacher_source(self.teacher, teacher, batch, cached=targets, top_k=self.top_k)
+        hidden = student.hidden_states(batch.inputs)[batch.mask.bool()]
+        settings = TokenLossSettings(self.divergence_options, self.alpha, self.top_k, self.chunk_size)
+        loss, logs = projected_token_loss(student, source, batch, hidden, settings)
+        return StepOutput(loss, None, logs)
 
     def _outputs(self, batch: Batch, live: bool) -> tuple[tuple, tuple]:
         """``(logits, hidden states)`` of the student and of the teacher; the teacher's are None where its cached top-k

@@ -1,11 +1,13 @@
 """The teacher's top-k next-token log-probabilities for every position of a transfer set, computed once and
 memory-mapped, so a language model distils without running its teacher again.
 
-A cache is a directory named by its fingerprint (the token blocks, the teacher's weights and architecture, k) under
-``$DISTILLERY_CACHE/top_k/``, holding ``values.npy`` (float32 ``[N, L, k]``), ``indices.npy`` (uint16 for
-vocabularies up to 65,536, else int32, ``[N, L, k]``), ``tail.npy`` (float32 ``[N, L]``, the log of the remaining
-mass) and ``manifest.json``, written last into a temporary directory that is then renamed: a directory that exists is
-complete. Bytes a token: k · 6 + 4 (k · 8 + 4 with int32 indices), against V · 4 for the whole distribution.
+A cache is a directory named by its fingerprint (the token blocks, the teacher's weights and architecture, k, the
+storage) under ``$DISTILLERY_CACHE/top_k/``, holding ``values.npy`` (each position's top-k log-probabilities and the
+log of the remaining mass, in one of :mod:`~distillery.teachers.target_storage`'s forms, ``[N, L, width]``),
+``indices.npy`` (uint16 for vocabularies up to 65,536, else int32, ``[N, L, k]``) and ``manifest.json``, written last
+into a temporary directory that is then renamed: a directory that exists is complete. Bytes a token: 2 · k (4 · k
+with int32 indices) plus the values' (float32 4 · (k + 1), float16 2 · (k + 1), compact 18 at k = 64), against
+V · 4 for the whole distribution.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from distillery.data.token_batches import token_batch
 from distillery.errors import CheckpointError
 from distillery.losses.topk import teacher_top_k
 from distillery.teachers.cache import cache_key, fingerprint
+from distillery.teachers.target_storage import STORAGES, decode, encode, value_bytes
 
 FORMAT = "distillery-top-k"
 
@@ -43,10 +46,11 @@ class TopKTargets:
         self.directory = directory
         self.manifest = json.loads((directory / "manifest.json").read_text())
         load = lambda name: np.load(directory / f"{name}.npy", mmap_mode="r", allow_pickle=False)  # noqa: E731
-        self.values, self.indices, self.tail = load("values"), load("indices"), load("tail")
+        self.values, self.indices = load("values"), load("indices")
         k, blocks, length = self.manifest["k"], self.manifest["blocks"], self.manifest["block_length"]
-        if self.values.shape != (blocks, length, k) or self.indices.shape != (blocks, length, k) \
-                or self.tail.shape != (blocks, length):
+        self.storage = self.manifest.get("storage")
+        if self.storage not in STORAGES or self.indices.shape != (blocks, length, k) \
+                or self.values.shape[:2] != (blocks, length):
             raise CheckpointError(f"the top-k cache {directory} holds arrays that do not fit its manifest; delete it")
         if int(self.indices.max()) >= self.manifest["vocabulary"]:
             raise CheckpointError(f"the top-k cache {directory} names tokens beyond the vocabulary; delete it")
@@ -57,18 +61,19 @@ class TopKTargets:
 
     def __getitem__(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = blocks.numpy()
-        return (torch.from_numpy(np.ascontiguousarray(self.values[rows])),
-                torch.from_numpy(self.indices[rows].astype(np.int64)),
-                torch.from_numpy(np.ascontiguousarray(self.tail[rows])))
+        values, tail = decode(self.values[rows], self.storage, self.manifest["k"])
+        return values, torch.from_numpy(self.indices[rows].astype(np.int64)), tail
 
 
-def top_k_targets(teacher: nn.Module, blocks: TokenBlocks, k: int, *, batch_size: int = 8,
+def top_k_targets(teacher: nn.Module, blocks: TokenBlocks, k: int, *, storage: str = "float32", batch_size: int = 8,
                   device: torch.device | str = "cpu", progress: bool = True) -> tuple[TopKTargets, bool]:
-    """The teacher's top-``k`` targets for ``blocks`` from the cache, built first when missing; returns them and
-    whether they were built now. Example: ``targets, built = top_k_targets(teacher, data.train, 64)``"""
+    """The teacher's top-``k`` targets for ``blocks`` from the cache, stored as ``storage`` (float32, float16 or
+    compact), built first when missing; returns them and whether they were built now.
+    Example: ``targets, built = top_k_targets(teacher, data.train, 64, storage="compact")``"""
     packing = hashlib.sha256(blocks.positions.numpy().tobytes()).hexdigest()[:16] if blocks.positions is not None \
         else None  # packed conversations: where each starts decides what the teacher's attention sees
-    parts = fingerprint(blocks.tokens, teacher, None, {"kind": "top_k", "k": k,
+    value_bytes(storage, k)  # an unknown storage fails here, before the teacher runs
+    parts = fingerprint(blocks.tokens, teacher, None, {"kind": "top_k", "k": k, "storage": storage,
                                                         "attention": blocks.attention is not None,
                                                         **({"packing": packing} if packing else {})})
     directory = default_cache_dir() / "top_k" / cache_key(parts)
@@ -76,12 +81,12 @@ def top_k_targets(teacher: nn.Module, blocks: TokenBlocks, k: int, *, batch_size
         targets = TopKTargets(directory)
         if targets.manifest.get("fingerprint") == parts:
             return targets, False
-    _build(teacher, blocks, k, parts, directory, batch_size, device, progress)
+    _build(teacher, blocks, k, storage, parts, directory, batch_size, device, progress)
     return TopKTargets(directory), True
 
 
 @torch.no_grad()
-def _build(teacher: nn.Module, blocks: TokenBlocks, k: int, parts: dict[str, str], directory: Path,
+def _build(teacher: nn.Module, blocks: TokenBlocks, k: int, storage: str, parts: dict[str, str], directory: Path,
            batch_size: int, device: torch.device | str, progress: bool) -> None:
     count, length = len(blocks), blocks.block_length
     vocabulary = int(teacher.config.vocab_size) if hasattr(teacher, "config") else None
@@ -89,9 +94,8 @@ def _build(teacher: nn.Module, blocks: TokenBlocks, k: int, parts: dict[str, str
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     index_type = np.uint16 if vocabulary is not None and vocabulary <= 65536 else np.int32
-    values = np.lib.format.open_memmap(temporary / "values.npy", "w+", np.float32, (count, length, k))
     indices = np.lib.format.open_memmap(temporary / "indices.npy", "w+", index_type, (count, length, k))
-    tail = np.lib.format.open_memmap(temporary / "tail.npy", "w+", np.float32, (count, length))
+    values = None  # its dtype and width are the storage's: opened at the first batch
     teacher.eval().to(device)
     started = time.perf_counter()
     for start in tqdm(range(0, count, batch_size), desc=f"teacher top-{k}", disable=not progress, leave=False,
@@ -101,15 +105,18 @@ def _build(teacher: nn.Module, blocks: TokenBlocks, k: int, parts: dict[str, str
         logits = model_logits(teacher, batch.inputs)
         vocabulary = vocabulary or logits.shape[-1]
         top_values, top_indices, top_tail = teacher_top_k(logits, k)
-        values[start: start + len(rows)] = top_values.cpu().numpy()
+        stored = encode(top_values.cpu(), top_tail.cpu(), storage)
+        if values is None:
+            values = np.lib.format.open_memmap(temporary / "values.npy", "w+", stored.dtype,
+                                               (count, length, stored.shape[-1]))
+        values[start: start + len(rows)] = stored
         indices[start: start + len(rows)] = top_indices.cpu().numpy().astype(index_type)
-        tail[start: start + len(rows)] = top_tail.cpu().numpy()
     seconds = time.perf_counter() - started
-    for array in (values, indices, tail):
+    for array in (values, indices):
         array.flush()
-    manifest = {"format": FORMAT, "version": 1, "fingerprint": parts, "k": k, "vocabulary": vocabulary,
-                "blocks": count, "block_length": length,
-                "bytes_per_token": k * (4 + np.dtype(index_type).itemsize) + 4,
+    manifest = {"format": FORMAT, "version": 2, "fingerprint": parts, "k": k, "storage": storage,
+                "vocabulary": vocabulary, "blocks": count, "block_length": length,
+                "bytes_per_token": k * np.dtype(index_type).itemsize + value_bytes(storage, k),
                 "teacher_tokens_per_s": count * length / seconds, "build_seconds": seconds}
     atomic_write_text(temporary / "manifest.json", json.dumps(manifest, indent=2))
     shutil.rmtree(directory, ignore_errors=True)
@@ -122,5 +129,6 @@ def describe(targets: TopKTargets, built: bool) -> str:
     whole = manifest["vocabulary"] * 4
     how = (f"built at {manifest['teacher_tokens_per_s']:,.0f} teacher tokens/s" if built
            else f"reused from {targets.directory}")
-    return (f"top-{manifest['k']} teacher targets: {targets.bytes_per_token} bytes a token ({whole:,} for the whole "
+    return (f"top-{manifest['k']} teacher targets ({manifest['storage']}): {targets.bytes_per_token} bytes a token "
+            f"({whole:,} for the whole "
             f"distribution), {manifest['blocks'] * manifest['block_length']:,} tokens, {how}")

@@ -73,6 +73,10 @@ class DistillConfig(Strict):
     teacher_cache: str = Field(
         "auto", description="where the teacher's logits are cached when its inputs repeat: auto (a shared cache "
                             "directory, $DISTILLERY_CACHE or ~/.cache/distillery), off, or a file path")
+    top_k_storage: Literal["float32", "float16", "compact"] = Field(
+        "float32", description="with top-k targets: how the cache stores the teacher's log-probabilities: float32 "
+                               "(4 bytes each), float16 (2) or compact (12-bit knots, 146 bytes a token at k = 64 "
+                               "with the ids)")
     teacher_views: Optional[int] = Field(
         None, ge=1, description="with data.augment: cache the teacher on this many seeded augmented views, "
                                 "cycled through by epoch, instead of running it live")

@@ -130,11 +130,13 @@ def _attach_top_k_targets(config: RunConfig, method: Method, prepared: Prepared,
         raise ConfigError("top-k targets live in the shared cache directory; set distill.teacher_cache to auto (or "
                           "off, to compute them live)")
     targets, built = context.main_first(lambda: top_k_targets(
-        prepared.teacher, prepared.data.train, top_k, batch_size=config.train.batch_size,
+        prepared.teacher, prepared.data.train, top_k, storage=config.distill.top_k_storage,
+        batch_size=config.train.batch_size,
         device=context.place(resolve_device(config.device)), progress=config.progress and context.is_main))
     method.use_top_k_targets(targets)
     manifest = targets.manifest
-    metadata["top_k_targets"] = {"k": manifest["k"], "bytes_per_token": targets.bytes_per_token,
+    metadata["top_k_targets"] = {"k": manifest["k"], "storage": manifest["storage"],
+                                 "bytes_per_token": targets.bytes_per_token,
                                  "teacher_tokens_per_s": manifest["teacher_tokens_per_s"], "built_now": built}
     return describe(targets, built)
 
