@@ -71,6 +71,16 @@ def test_smaller_storage_is_its_own_cache_and_gives_nearly_the_same_loss(tmp_pat
         top_k_targets(teacher, blocks, 64, storage="int4", progress=False)
 
 
+def test_an_unknown_storage_in_a_config_is_one_line(tmp_path):
+    from cli_helpers import assert_user_error, invoke, write_yaml
+
+    document = lm_config(tmp_path / "run", distill={"teacher": "x", "method": "token_kd", "top_k": 8,
+                                                     "top_k_storage": "int4"})
+    result = assert_user_error(invoke("distill", write_yaml(tmp_path / "bad.yaml", document)), "top_k_storage")
+    assert "float32" in result and "compact" in result
+    assert not (tmp_path / "run").exists()
+
+
 def test_top_k_with_a_temperature_is_refused():
     model = build_model({"name": "causal_lm", "config": tiny_config("gpt2", layers=1)}, (16,), VOCABULARY)
     with pytest.raises(Exception, match="at T = 1"):
