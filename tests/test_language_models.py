@@ -284,3 +284,17 @@ def test_image_settings_and_commands_are_refused_for_text_runs_in_one_line(tmp_p
     assert_ok(invoke("distill", config))
     for command in ("evaluate", "quantize"):
         assert_user_error(invoke(command, tmp_path / "run"), "language model run", "distillery report")
+
+
+def test_next_token_calibration_error_summed_over_batches_is_the_ece_of_all_counted_positions():
+    from distillery.eval.metrics import expected_calibration_error
+    from distillery.eval.perplexity import _Scores
+
+    torch.manual_seed(0)
+    logits, labels = torch.randn(3, 10, 20) * 3, torch.randint(0, 20, (3, 10))
+    keep = torch.rand(3, 10) > 0.3
+    scores = _Scores()
+    scores.add(logits[:2], labels[:2], keep[:2])
+    scores.add(logits[2:], labels[2:], keep[2:])
+    # The independent reference: the classifier ECE (float64 softmax) over the counted positions at once.
+    assert scores.metrics()["ece"] == pytest.approx(expected_calibration_error(logits[keep], labels[keep]), abs=1e-6)

@@ -69,7 +69,14 @@ def _bin_statistics(logits: Tensor, labels: Tensor, bins: int) -> tuple[Tensor, 
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     probabilities = torch.softmax(logits.detach().double().cpu(), dim=1)
     confidence, prediction = probabilities.max(dim=1)
-    correct = (prediction == labels.detach().cpu()).double()
+    return (torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64),
+            *confidence_bins(confidence, (prediction == labels.detach().cpu()).double(), bins))
+
+
+def confidence_bins(confidence: Tensor, correct: Tensor, bins: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per equal-width bin of ``confidence`` ``[N]`` (the top-1 probability, in [0, 1]): the count, the summed
+    ``correct`` ``[N]`` (1 or 0) and the summed confidence, float64 ``[bins]`` each; sums over batches add up."""
+    confidence, correct = confidence.double().cpu(), correct.double().cpu()
     edges = torch.linspace(0.0, 1.0, bins + 1, dtype=torch.float64)
     # Bins are (low, high]: bucketize with right=False puts a confidence equal to an inner
     # edge into the lower bin, and the first bin's open low end never matters (confidence >= 1/C).
@@ -77,7 +84,7 @@ def _bin_statistics(logits: Tensor, labels: Tensor, bins: int) -> tuple[Tensor, 
     count = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(confidence))
     correct_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, correct)
     confidence_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, confidence)
-    return edges, count, correct_sum, confidence_sum
+    return count, correct_sum, confidence_sum
 
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -> float:

@@ -9,13 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from distillery.data.batch import as_batch, model_logits
+from distillery.eval.metrics import confidence_bins
+
+CALIBRATION_BINS = 15
 
 
 @torch.no_grad()
 def language_model_metrics(model: nn.Module, batches: Iterable, *, teacher: nn.Module | None = None,
                            device: torch.device | str = "cpu") -> dict[str, Any]:
     """The model's mean next-token cross-entropy in nats (``nll``), ``perplexity`` = exp(nll), next-token
-    ``accuracy`` (top-1), over the positions each batch counts (mask, labels >= 0), and ``tokens``, their number.
+    ``accuracy`` (top-1), ``ece`` (the expected calibration error of the next-token probabilities: 15 equal-width
+    bins of the top-1 probability, as :func:`distillery.eval.metrics.expected_calibration_error`), over the positions
+    each batch counts (mask, labels >= 0), and ``tokens``, their number.
     With a ``teacher``, also ``agreement`` (the share of positions where both predict the same token), the
     teacher's forward KL(teacher ‖ model) per token (``kl_from_teacher``, nats) and the teacher's own metrics
     (``teacher``), all from one pass over the batches.
@@ -55,6 +60,7 @@ class _Scores:
         self.block_nll: list[float] = []
         self.block_tokens: list[int] = []
         self.correct = 0
+        self.bins = torch.zeros(3, CALIBRATION_BINS, dtype=torch.float64)  # count, correct, confidence per bin
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> None:
         """Logits ``[B, L, V]`` (float32), labels and the counted mask ``[B, L]``."""
@@ -62,9 +68,17 @@ class _Scores:
         self.block_nll += (losses * keep).sum(dim=1).tolist()
         self.block_tokens += keep.sum(dim=1).tolist()
         self.correct += int(((logits.argmax(-1) == labels) & keep).sum())
+        counted = logits[keep]
+        # The top-1 probability as exp(max − logsumexp): no [N, V] softmax in float64.
+        top, prediction = counted.max(-1)
+        confidence = (top - torch.logsumexp(counted, -1)).exp()
+        self.bins += torch.stack(confidence_bins(confidence, (prediction == labels[keep]).double(), CALIBRATION_BINS))
 
     def metrics(self) -> dict[str, Any]:
         tokens = sum(self.block_tokens)
         nll = sum(self.block_nll) / max(tokens, 1)
-        return {"nll": nll, "perplexity": math.exp(nll), "accuracy": self.correct / max(tokens, 1), "tokens": tokens,
+        count, correct, confidence = self.bins
+        ece = float((correct - confidence).abs().sum() / count.sum().clamp_min(1.0))
+        return {"nll": nll, "perplexity": math.exp(nll), "accuracy": self.correct / max(tokens, 1), "ece": ece,
+                "tokens": tokens,
                 "block_nll": self.block_nll, "block_tokens": self.block_tokens}
