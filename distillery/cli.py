@@ -151,11 +151,18 @@ def distill(config: Optional[Path] = typer.Argument(None, help="Run configuratio
 def cache(config: Path = typer.Argument(..., help="Run configuration (YAML) with a distill: section."),
           set_: List[str] = OVERRIDES,
           rebuild: bool = typer.Option(False, help="Recompute the teacher's outputs and replace the cache.")) -> None:
-    """Compute the teacher's outputs on the config's transfer set once and cache them for later runs."""
+    """Compute the teacher's outputs on the config's transfer set once and cache them for later runs (language
+    models: its top-k or sampled targets and test scores, built by every process under torchrun)."""
     from distillery.app.config.files import load_config
+    from distillery.app.config.sections import TEXT_DATASETS
     from distillery.app.steps.transfer_batches import build_teacher_cache
+    from distillery.app.workflows.cache_targets import cache_language_targets
 
-    typer.echo(build_teacher_cache(load_config(config, set_), rebuild=rebuild))
+    run_config = load_config(config, set_)
+    build = cache_language_targets if run_config.data.dataset in TEXT_DATASETS else build_teacher_cache
+    line = build(run_config, rebuild=rebuild)
+    if _is_main_process():
+        typer.echo(line)
 
 
 @app.command("tune")

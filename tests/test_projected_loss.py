@@ -101,7 +101,7 @@ def test_token_distillation_projected_in_chunks_equals_the_whole_logits(family, 
                                        ("And God said", " let there be light")], tokenizer, 16, "pairs")
     batch = next(iter(TokenBatches(blocks, 3)))
     first, second = projected.step(batch), whole.step(batch)
-    assert first.logits is None and projected._splits[0] is not None  # it did project
+    assert first.logits is None and projected._student_split  # it did project
     assert first.loss.item() == pytest.approx(second.loss.item(), rel=1e-5, abs=1e-7)
     assert first.logs.keys() == second.logs.keys()
     for name in first.logs:
@@ -114,18 +114,36 @@ def test_token_distillation_projected_in_chunks_equals_the_whole_logits(family, 
     assert not any(parameter.grad is not None for parameter in projected.teacher.parameters())
 
 
-def test_cached_top_k_targets_projected_in_chunks_equal_the_whole_logits(tmp_path, tokenizer, monkeypatch):
+@pytest.mark.parametrize("options", [{"top_k": 8}, {"teacher_samples": 12, "temperature": 2.0, "alpha": 0.3}],
+                         ids=["top_k", "samples"])
+def test_cached_targets_projected_in_chunks_equal_the_whole_logits(options, tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
-    from distillery.teachers.top_k_cache import top_k_targets
+    from distillery.teachers.token_targets import TargetSpec, teacher_targets
 
-    projected, whole = token_kd_pair("llama", top_k=8)
+    projected, whole = token_kd_pair("llama", **options)
     blocks = load_text_blocks(TEXT, tokenizer, 16, cache=False).subset(torch.arange(6))
-    targets, _ = top_k_targets(projected.teacher, blocks, 8, storage="compact", progress=False)
+    spec = TargetSpec.top_k(8, "compact") if "top_k" in options else TargetSpec.samples(12, temperature=2.0)
+    targets, _ = teacher_targets(projected.teacher, blocks, spec, progress=False)
     for method in (projected, whole):
-        method.use_top_k_targets(targets)
+        method.use_cached_targets(targets)
     batch = next(iter(TokenBatches(blocks, 6)))
     first, second = projected.step(batch), whole.step(batch)
+    assert first.logits is None and second.logits is not None
     assert first.loss.item() == pytest.approx(second.loss.item(), rel=1e-5, abs=1e-7)
+    first.loss.backward()
+    second.loss.backward()
+    expected = gradients(whole.student)
+    for name, grad in gradients(projected.student).items():
+        assert torch.allclose(grad, expected[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_live_sampled_targets_train_without_a_cache(tokenizer):
+    projected, whole = token_kd_pair("gpt2", teacher_samples=4)
+    blocks = prompt_completion_blocks([("Who made the earth?", " God made it.")], tokenizer, 16, "pairs")
+    batch = next(iter(TokenBatches(blocks, 1)))
+    for method in (projected, whole):
+        loss = method.step(batch).loss
+        assert torch.isfinite(loss) and loss.item() > 0
 
 
 class Scaled(nn.Module):

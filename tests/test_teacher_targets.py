@@ -29,46 +29,47 @@ def llama_pair_on_text(tokenizer):
 def test_cached_top_k_targets_equal_the_full_loss_at_k_equal_vocabulary_and_bound_it_below(tmp_path, tokenizer,
                                                                                           monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
-    from distillery.teachers.top_k_cache import top_k_targets
+    from distillery.teachers.token_targets import TargetSpec, teacher_targets
 
     teacher, student, blocks, batch = llama_pair_on_text(tokenizer)
     full = create_method("token_kd", student, teacher).eval().step(batch).loss
     losses = {}
     for k in (1, 8, 64, VOCABULARY):
-        targets, built = top_k_targets(teacher, blocks, k, batch_size=5, progress=False)
+        targets, built = teacher_targets(teacher, blocks, TargetSpec.top_k(k), batch_size=5, progress=False)
         assert built and targets.bytes_per_token == k * 6 + 4
         method = create_method("token_kd", student, teacher, top_k=k).eval()
-        method.use_top_k_targets(targets)
+        method.use_cached_targets(targets)
         losses[k] = method.step(batch).loss.item()
         live = create_method("token_kd", student, teacher, top_k=k).eval().step(batch).loss.item()
         assert losses[k] == pytest.approx(live, rel=1e-5, abs=1e-7)  # the cache holds what the live teacher gives
     assert losses[VOCABULARY] == pytest.approx(full.item(), rel=1e-4)
     assert losses[1] <= losses[8] <= losses[64] <= losses[VOCABULARY] * (1 + 1e-5)
-    again, built = top_k_targets(teacher, blocks, 8, progress=False)
-    assert not built and again.directory == top_k_targets(teacher, blocks, 8, progress=False)[0].directory
+    again, built = teacher_targets(teacher, blocks, TargetSpec.top_k(8), progress=False)
+    assert not built
+    assert again.directory == teacher_targets(teacher, blocks, TargetSpec.top_k(8), progress=False)[0].directory
     with torch.no_grad():
         teacher.model.norm.weight.mul_(2)  # another teacher: another cache
-    assert top_k_targets(teacher, blocks, 8, progress=False)[1]
+    assert teacher_targets(teacher, blocks, TargetSpec.top_k(8), progress=False)[1]
 
 
 def test_smaller_storage_is_its_own_cache_and_gives_nearly_the_same_loss(tmp_path, tokenizer, monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
-    from distillery.teachers.top_k_cache import top_k_targets
+    from distillery.teachers.token_targets import TargetSpec, teacher_targets
 
     teacher, student, blocks, batch = llama_pair_on_text(tokenizer)
     losses, folders = {}, set()
     for storage, size in (("float32", 388), ("float16", 258), ("compact", 146)):
-        targets, built = top_k_targets(teacher, blocks, 64, storage=storage, progress=False)
-        assert built and targets.bytes_per_token == size and targets.manifest["storage"] == storage
+        targets, built = teacher_targets(teacher, blocks, TargetSpec.top_k(64, storage), progress=False)
+        assert built and targets.bytes_per_token == size and targets.spec.storage == storage
         folders.add(targets.directory)
         method = create_method("token_kd", student, teacher, top_k=64).eval()
-        method.use_top_k_targets(targets)
+        method.use_cached_targets(targets)
         losses[storage] = method.step(batch).loss.item()
     assert len(folders) == 3
     assert losses["float16"] == pytest.approx(losses["float32"], rel=1e-3)
     assert losses["compact"] == pytest.approx(losses["float32"], abs=5e-3)
     with pytest.raises(ValueError, match="unknown storage"):
-        top_k_targets(teacher, blocks, 64, storage="int4", progress=False)
+        teacher_targets(teacher, blocks, TargetSpec.top_k(64, "int4"), progress=False)
 
 
 def test_an_unknown_storage_in_a_config_is_one_line(tmp_path):
@@ -87,8 +88,10 @@ def test_top_k_with_a_temperature_is_refused():
         create_method("token_kd", model, model, top_k=8, temperature=2.0)
 
 
-def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pretrained_teacher, capsys):
+def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pretrained_teacher, capsys,
+                                                                  monkeypatch):
     from distillery.app.config.files import build_config
+    from distillery.app.tasks import text_task
     from distillery.app.workflows.run import run
 
     def distil(name):
@@ -98,11 +101,19 @@ def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pret
                                       "top_k": 16})
         document["train"]["epochs"] = 1
         return run(build_config(document))
-    distil("first")
-    assert "top-16 teacher targets (float32): 100 bytes a token (1,200 for the whole distribution)" in capsys.readouterr().err
+    first = json.loads((distil("first") / "evaluation.json").read_text())
+    assert "top-16 teacher targets (float32): 100 bytes a token (1,200 for the whole distribution)" in \
+        capsys.readouterr().err
+    assert first["agreement"] > 0
+    # Every target cached: the second run never loads the teacher, and reads its test scores from the cache.
+    monkeypatch.setattr(text_task, "load_language_teacher", lambda *args, **kwargs: pytest.fail("teacher loaded"))
     evaluation = json.loads((distil("second") / "evaluation.json").read_text())
     assert "reused from" in capsys.readouterr().err
-    assert evaluation["perplexity"] > 1 and evaluation["agreement"] > 0
+    assert evaluation["perplexity"] > 1 and "agreement" not in evaluation
+    assert evaluation["teacher"]["perplexity"] == first["teacher"]["perplexity"]
+    assert "not loaded" in evaluation["teacher_note"] and "skipped" in evaluation["teacher_note"]
+    model_json = json.loads((tmp_path / "second" / "model.json").read_text())
+    assert model_json["teacher_targets"]["teacher_loaded"] is False
 
 
 # ---------------------------------------------------------------- on-policy batches (GKD), hidden states

@@ -41,6 +41,7 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
     # Build: the data and teachers, the student, the method, the batches with the teacher's outputs.
     prepared = task.prepare(config)
     model, metadata = _student(config, task, prepared)
+    prepared.first_teacher = None  # copied from, if at all: a teacher not distilled from is not held during training
     method = build_method(config, model, prepared.teacher, prepared.input_shape, prepared.num_classes)
     peers = peer_architectures(config, method)
     train_batches, source_note = task.training_batches(config, prepared, method, context, metadata)

@@ -87,8 +87,10 @@ class MethodOptions(BaseModel):
         """The teacher module paths whose features the method reads."""
         return []
 
-    def top_k_targets(self) -> int | None:
-        """The k of the teacher's top-k targets the method learns from (None: its full distributions)."""
+    def teacher_targets(self, seed: int = 0, storage: str = "float32") -> Any:
+        """The :class:`~distillery.teachers.token_targets.TargetSpec` of the top-k or sampled teacher targets the
+        method learns from (top-k values kept in ``storage``, draws seeded by ``seed``), or None: the teacher's
+        whole distributions."""
         return None
 
     def peer_specs(self) -> list[dict[str, Any]]:

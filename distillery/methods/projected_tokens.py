@@ -17,18 +17,18 @@ from distillery.data.batch import Batch, model_logits
 from distillery.errors import ModelError
 from distillery.losses.projected import projected_loss
 from distillery.losses.tokens import forward_kl_with_gradient, token_divergence
-from distillery.losses.topk import teacher_top_k, top_k_divergence, top_k_forward_kl_with_gradient
+from distillery.losses.sampled import sampled_forward_kl, sampled_forward_kl_with_gradient
+from distillery.losses.topk import top_k_divergence, top_k_forward_kl_with_gradient
 from distillery.models.lm_head import SplitModel
 
 
 @dataclass
 class TokenLossSettings:
     """What the loss is: the divergence's options (kind, temperature, beta, alpha), the weight ``alpha`` of the
-    cross-entropy on the text, ``top_k`` (None: the whole distribution) and the chunk of positions."""
+    cross-entropy on the text and the chunk of positions."""
 
     divergence: dict
     alpha: float
-    top_k: int | None
     chunk_size: int
 
 
@@ -36,7 +36,8 @@ def projected_token_loss(student: SplitModel, teacher_chunk: Callable[[slice], t
                          hidden: torch.Tensor, settings: TokenLossSettings) -> tuple[torch.Tensor, dict]:
     """The weighted loss ``(1 − alpha) · divergence + alpha · CE`` over the counted positions, and its parts' means
     to log. ``hidden`` is the student's last hidden states at the counted positions ``[N, H]``; ``teacher_chunk(rows)``
-    gives the teacher at those rows: ``("logits", [c, V])`` or ``("top_k", values, ids, tail)``."""
+    gives the teacher at those rows: ``("logits", [c, V])``, ``("top_k", values, ids, tail)`` or
+    ``("samples", log weights, ids, tail)``."""
     count = hidden.shape[0]
     labels = batch.labels[batch.mask.bool()] if batch.labels is not None else None
     labelled = int((labels >= 0).sum()) if labels is not None and settings.alpha > 0 else 0
@@ -45,14 +46,12 @@ def projected_token_loss(student: SplitModel, teacher_chunk: Callable[[slice], t
 
     def loss_of_chunk(logits: torch.Tensor, rows: slice) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         teacher = teacher_chunk(rows)
-        if teacher[0] == "top_k":
-            _, values, ids, tail = teacher
-            if ids.numel() and int(ids.max()) >= vocabulary:
-                raise ModelError(f"the top-k targets name token {int(ids.max())} but the student predicts "
-                                 f"{vocabulary} tokens; both need the teacher's vocabulary")
+        if teacher[0] in ("top_k", "samples"):
+            check_target_ids(teacher[2], vocabulary)
             if settings.divergence["kind"] == "forward_kl":
-                return written_out(logits, rows, *top_k_forward_kl_with_gradient(logits, values, ids, tail))
-            soft = top_k_divergence(logits, values, ids, tail, kind=settings.divergence["kind"]).sum()
+                return written_out(logits, rows, *sparse_forward_kl_with_gradient(logits, teacher,
+                                                                                   settings.divergence))
+            soft = sparse_divergence(logits, teacher, settings.divergence).sum()
         else:
             if teacher[1].shape[-1] != vocabulary:
                 raise ModelError(f"the teacher predicts {teacher[1].shape[-1]} tokens and the student {vocabulary}; "
@@ -96,17 +95,42 @@ def projected_token_loss(student: SplitModel, teacher_chunk: Callable[[slice], t
     return loss, logs
 
 
+def check_target_ids(ids: torch.Tensor, vocabulary: int) -> None:
+    """Refuse top-k or sampled targets naming a token the student has no row for."""
+    if ids.numel() and int(ids.max()) >= vocabulary:
+        raise ModelError(f"the teacher's targets name token {int(ids.max())} but the student predicts {vocabulary} "
+                         "tokens; both need the teacher's vocabulary")
+
+
+def sparse_divergence(logits: torch.Tensor, teacher: tuple, divergence: dict) -> torch.Tensor:
+    """The divergence per row ``[c]`` of the student's logits ``[c, V]`` from top-k targets (the bucketed forward or
+    reverse KL at T = 1) or sampled ones (T² · KL(w ‖ q) at the divergence's temperature); autograd."""
+    kind, values, ids, tail = teacher
+    if kind == "samples":
+        return sampled_forward_kl(logits, values, ids, temperature=divergence["temperature"])
+    return top_k_divergence(logits, values, ids, tail, kind=divergence["kind"])
+
+
+def sparse_forward_kl_with_gradient(logits: torch.Tensor, teacher: tuple, divergence: dict
+                                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sparse_divergence`'s forward KL per row and its gradient with respect to the logits, written out."""
+    kind, values, ids, tail = teacher
+    if kind == "samples":
+        return sampled_forward_kl_with_gradient(logits, values, ids, temperature=divergence["temperature"])
+    return top_k_forward_kl_with_gradient(logits, values, ids, tail)
+
+
 def teacher_source(teacher: torch.nn.Module, split: SplitModel | None, batch: Batch, *, cached=None,
-                   top_k: int | None = None) -> Callable[[slice], tuple]:
-    """``teacher_chunk`` for :func:`projected_token_loss`: the cached top-k targets (``cached``, a
-    :class:`~distillery.teachers.top_k_cache.TopKTargets`) of the batch's counted positions, or the live teacher's
-    logits made a chunk at a time from its hidden states (``split``) or whole (without one), reduced to its top-k
-    when ``top_k`` is given."""
+                   sparse: Callable[[torch.Tensor], tuple] | None = None) -> Callable[[slice], tuple]:
+    """``teacher_chunk`` for :func:`projected_token_loss`: the cached top-k or sampled targets (``cached``, a
+    :class:`~distillery.teachers.token_targets.TokenTargets`) of the batch's counted positions, or the live teacher's
+    logits made a chunk at a time from its hidden states (``split``) or whole (without one), turned into sparse
+    targets by ``sparse(logits)`` when given."""
     mask = batch.mask.bool()
     device = batch.device
     if cached is not None:
         values, ids, tail = (part.to(device)[mask] for part in cached[batch.indices])
-        return lambda rows: ("top_k", values[rows], ids[rows], tail[rows])
+        return lambda rows: (cached.kind, values[rows], ids[rows], tail[rows])
     with torch.no_grad():
         if split is not None:
             states = split.hidden_states(batch.inputs)[mask]
@@ -118,5 +142,5 @@ def teacher_source(teacher: torch.nn.Module, split: SplitModel | None, batch: Ba
     @torch.no_grad()
     def chunk(rows: slice) -> tuple:
         logits = project(rows)
-        return ("top_k", *teacher_top_k(logits, top_k)) if top_k is not None else ("logits", logits)
+        return sparse(logits) if sparse is not None else ("logits", logits)
     return chunk

@@ -10,13 +10,21 @@ from torch import nn
 
 from distillery.data.batch import Batch, counted_positions, model_logits
 from distillery.errors import ConfigError, ModelError
+from distillery.teachers.token_targets import TargetSpec
 from distillery.losses import hard_label_cross_entropy
 from distillery.losses.tokens import DIVERGENCES, token_loss
-from distillery.losses.topk import teacher_top_k, top_k_divergence
+from distillery.losses.sampled import MAX_SAMPLES, log_weights, teacher_samples
+from distillery.losses.topk import teacher_top_k
 from distillery.methods.base import METHODS, Method, MethodOptions, Needs, StepOutput
 from distillery.methods.hidden_states import hidden_state_match
 from distillery.methods.on_policy import student_continuations
-from distillery.methods.projected_tokens import TokenLossSettings, projected_token_loss, teacher_source
+from distillery.methods.projected_tokens import (
+    TokenLossSettings,
+    check_target_ids,
+    projected_token_loss,
+    sparse_divergence,
+    teacher_source,
+)
 from distillery.models.lm_head import split_causal_lm
 
 
@@ -30,6 +38,11 @@ class TokenDistillationOptions(MethodOptions):
     top_k: Optional[int] = Field(None, ge=1, description="learn the teacher's top k next-token probabilities and one "
                                                          "bucket for the rest, computed once and memory-mapped "
                                                          "(teacher_cache auto) or live (off)")
+    teacher_samples: Optional[int] = Field(
+        None, ge=1, le=MAX_SAMPLES, description="learn from this many tokens a position drawn from the teacher's "
+                                                "distribution at the temperature, with their counts: an unbiased "
+                                                "estimate of the forward KL's gradient (Anshumann et al. 2025), "
+                                                "cached like top_k")
     on_policy: float = Field(0.0, ge=0.0, le=1.0, description="GKD's lambda: the share of batches whose "
                                                               "continuations the student samples and the teacher "
                                                               "scores")
@@ -49,8 +62,12 @@ class TokenDistillationOptions(MethodOptions):
         None, description="with hidden_weight: student -> teacher hidden-state index (default: each student block "
                           "to the teacher block it started from)")
 
-    def top_k_targets(self) -> int | None:
-        return self.top_k
+    def teacher_targets(self, seed: int = 0, storage: str = "float32") -> TargetSpec | None:
+        if self.top_k is not None:
+            return TargetSpec.top_k(self.top_k, storage)
+        if self.teacher_samples is not None:
+            return TargetSpec.samples(self.teacher_samples, self.temperature, seed)
+        return None
 
 
 @METHODS.register("token_kd")
@@ -61,7 +78,12 @@ class TokenDistillation(Method):
     ``beta``, skew_kl with ``skew``, total_variation), softened at ``temperature``, in float32 and in chunks of
     positions (:func:`~distillery.losses.tokens.token_loss`). Batches carry ``input_ids`` ``[B, L]``, labels
     ``[B, L]`` and the mask of counted predictions; the teacher runs live, frozen, in eval mode, or its top-k
-    targets are read by block index (``top_k`` with :meth:`use_top_k_targets`).
+    targets are read by block index (``top_k`` with :meth:`use_cached_targets`).
+
+    Sampled targets (``teacher_samples`` n, Anshumann et al. 2025): n tokens a position drawn from the teacher's
+    distribution at ``temperature``, learned as the empirical distribution of the draws
+    (:mod:`distillery.losses.sampled`): the gradient is the forward KL's on average. Cached like top-k, or drawn
+    live (from the global generator) where the teacher runs.
 
     On-policy distillation (GKD, Agarwal et al. 2024): with probability ``on_policy`` (their lambda) a training
     batch's continuations are sampled from the student (after each block's prompt, or its first ``prompt_tokens``
@@ -80,7 +102,7 @@ class TokenDistillation(Method):
 
     def __init__(self, student: nn.Module, teacher: nn.Module, *, divergence: str = "forward_kl",
                  temperature: float = 1.0, alpha: float = 0.0, beta: float = 0.5, skew: float = 0.1,
-                 top_k: int | None = None, on_policy: float = 0.0, sample_temperature: float = 1.0,
+                 top_k: int | None = None, teacher_samples: int | None = None, on_policy: float = 0.0, sample_temperature: float = 1.0,
                  sample_tokens: int | None = None, prompt_tokens: int | None = None, hidden_weight: float = 0.0,
                  hidden_map: dict[int, int] | None = None, chunk_size: int = 1024,
                  project_in_chunks: bool = True) -> None:
@@ -93,6 +115,9 @@ class TokenDistillation(Method):
             raise ConfigError(f"top_k targets are the teacher's probabilities at T = 1 with one bucket for the rest: "
                               f"they take divergence forward_kl or reverse_kl at temperature 1, not {divergence} at "
                               f"{temperature}")
+        if teacher_samples is not None and (top_k is not None or divergence != "forward_kl"):
+            raise ConfigError("teacher_samples estimates the forward KL's gradient: it takes divergence forward_kl "
+                              f"and no top_k, not {divergence}" + (f" with top_k {top_k}" if top_k else ""))
         if not 0.0 <= alpha < 1.0:
             raise ConfigError(f"alpha weighs the cross-entropy on the text and must be in [0, 1), got {alpha}; "
                               "alpha = 1 leaves the teacher no weight (train without distill: instead)")
@@ -101,19 +126,27 @@ class TokenDistillation(Method):
         self.alpha = alpha
         self.chunk_size = chunk_size
         self.top_k = top_k
-        self.top_k_targets = None
+        self.teacher_samples = teacher_samples
+        self.cached = None  # a TokenTargets store, read by block index instead of running the teacher
         self.on_policy = on_policy
         self.sampling = {"temperature": sample_temperature, "max_new_tokens": sample_tokens,
                          "prompt_tokens": prompt_tokens}
         self.hidden_weight = hidden_weight
         self.hidden = hidden_state_match(student, teacher, hidden_weight, hidden_map)
         self.project_in_chunks = project_in_chunks
-        self._splits: tuple | None = None  # (student, teacher) as body and head, decided on the first batch
+        # Student and teacher as body and output projection (False: cannot be split), decided on first use.
+        self._student_split = self._teacher_split = None
 
-    def use_top_k_targets(self, targets) -> None:
-        """Read the teacher's top-k targets by block index (a :class:`~distillery.teachers.top_k_cache.TopKTargets`)
-        instead of running the teacher."""
-        self.top_k_targets = targets
+    @property
+    def sparse(self) -> bool:
+        """Whether the teacher is seen through top-k or sampled targets rather than its whole distribution."""
+        return self.top_k is not None or self.teacher_samples is not None or self.cached is not None
+
+    def use_cached_targets(self, targets) -> None:
+        """Read the teacher's top-k or sampled targets by block index (a
+        :class:`~distillery.teachers.token_targets.TokenTargets` of this method's kind) instead of running the
+        teacher."""
+        self.cached = targets
 
     def step(self, batch: Batch) -> StepOutput:
         # GKD's coin, from the global generator (restored on resume): this batch's text is the student's own.
@@ -132,8 +165,8 @@ class TokenDistillation(Method):
             if projected is not None:
                 return projected
         (student_logits, student_states), (teacher_logits, teacher_states) = self._outputs(batch, live=not own_text)
-        if self.top_k is not None:
-            soft = self._top_k_loss(student_logits, batch, cached=not own_text, teacher_logits=teacher_logits)
+        if self.sparse:
+            soft = self._sparse_loss(student_logits, batch, cached=not own_text, teacher_logits=teacher_logits)
         else:
             self._check_vocabulary(teacher_logits.shape[-1], student_logits.shape[-1])
             soft = token_loss(student_logits, teacher_logits, batch.mask, chunk_size=self.chunk_size, **self.divergence_options)
@@ -156,25 +189,36 @@ class TokenDistillation(Method):
         per-position mask."""
         if batch.mask is None or batch.mask.dim() < 2 or not isinstance(batch.inputs, dict):
             return None
-        if self._splits is None:
-            student = split_causal_lm(self.student, batch.inputs)
-            self._splits = (student, split_causal_lm(self.teacher, batch.inputs) if student is not None else None)
-        student, teacher = self._splits
-        if student is None:
+        if self._student_split is None:
+            self._student_split = split_causal_lm(self.student, batch.inputs) or False
+        if not self._student_split:
             return None
-        targets = self.top_k_targets if cached else None
-        source = teacher_source(self.teacher, teacher, batch, cached=targets, top_k=self.top_k)
-        hidden = student.hidden_states(batch.inputs)[batch.mask.bool()]
-        settings = TokenLossSettings(self.divergence_options, self.alpha, self.top_k, self.chunk_size)
-        loss, logs = projected_token_loss(student, source, batch, hidden, settings)
+        targets = self.cached if cached else None
+        if targets is None and self._teacher_split is None:  # split only when the teacher runs: it may be absent
+            self._teacher_split = split_causal_lm(self.teacher, batch.inputs) or False
+        source = teacher_source(self.teacher, self._teacher_split or None, batch, cached=targets,
+                                sparse=self._sparse_targets if self.sparse else None)
+        hidden = self._student_split.hidden_states(batch.inputs)[batch.mask.bool()]
+        settings = TokenLossSettings(self.divergence_options, self.alpha, self.chunk_size)
+        loss, logs = projected_token_loss(self._student_split, source, batch, hidden, settings)
         return StepOutput(loss, None, logs)
 
+    def _sparse_targets(self, teacher_logits: torch.Tensor) -> tuple:
+        """The live teacher's logits ``[..., V]`` as this method's sparse targets: ``("top_k", values, ids, tail)`` or
+        ``("samples", log weights, ids, tail)`` (draws from the global generator, restored on resume)."""
+        if self.top_k is not None:
+            return ("top_k", *teacher_top_k(teacher_logits, self.top_k))
+        counts, ids = teacher_samples(teacher_logits, self.teacher_samples,
+                                      temperature=self.divergence_options["temperature"])
+        weights = log_weights(counts)
+        return "samples", weights, ids, torch.full(weights.shape[:-1], float("-inf"), device=weights.device)
+
     def _outputs(self, batch: Batch, live: bool) -> tuple[tuple, tuple]:
-        """``(logits, hidden states)`` of the student and of the teacher; the teacher's are None where its cached top-k
+        """``(logits, hidden states)`` of the student and of the teacher; the teacher's are None where its cached
         targets stand in for it (a corpus batch, ``live`` False, and no hidden states to match)."""
         if self.hidden is None:
             student = (model_logits(self.student, batch.inputs), None)
-            if self.top_k_targets is not None and not live:
+            if self.cached is not None and not live:
                 return student, (None, None)
             with torch.no_grad():
                 return student, (model_logits(self.teacher, batch.inputs), None)
@@ -184,27 +228,26 @@ class TokenDistillation(Method):
         return ((student_output.logits, student_output.hidden_states),
                 (teacher_output.logits, teacher_output.hidden_states))
 
-    def _top_k_loss(self, student_logits: torch.Tensor, batch: Batch, cached: bool,
-                    teacher_logits: torch.Tensor | None) -> torch.Tensor:
-        """The bucketed divergence against the teacher's top k (``cached`` for the corpus's blocks, else from the
-        live teacher), averaged over the counted positions, a chunk of positions at a time."""
-        if cached and self.top_k_targets is not None:
-            targets = [part.to(student_logits.device) for part in self.top_k_targets[batch.indices]]
+    def _sparse_loss(self, student_logits: torch.Tensor, batch: Batch, cached: bool,
+                     teacher_logits: torch.Tensor | None) -> torch.Tensor:
+        """The divergence against the teacher's top-k or sampled targets (``cached`` for the corpus's blocks, else
+        from the live teacher), averaged over the counted positions, a chunk of positions at a time."""
+        if cached and self.cached is not None:
+            kind = self.cached.kind
+            targets = [part.to(student_logits.device) for part in self.cached[batch.indices]]
         else:
             if teacher_logits is None:
                 with torch.no_grad():
                     teacher_logits = model_logits(self.teacher, batch.inputs)
             self._check_vocabulary(teacher_logits.shape[-1], student_logits.shape[-1])
-            targets = list(teacher_top_k(teacher_logits, self.top_k))
+            kind, *targets = self._sparse_targets(teacher_logits)
         student, *targets = counted_positions(batch.mask, student_logits, *targets)
-        if targets[1].numel() and int(targets[1].max()) >= student.shape[-1]:
-            raise ModelError(f"the top-k targets name token {int(targets[1].max())} but the student predicts "
-                             f"{student.shape[-1]} tokens; both need the teacher's vocabulary")
+        check_target_ids(targets[1], student.shape[-1])
         total = student.new_zeros((), dtype=torch.float32)
         for start in range(0, len(student), self.chunk_size):
             rows = slice(start, start + self.chunk_size)
-            total = total + top_k_divergence(student[rows], *(part[rows] for part in targets),
-                                             kind=self.divergence_options["kind"]).sum()
+            total = total + sparse_divergence(student[rows], (kind, *(part[rows] for part in targets)),
+                                              self.divergence_options).sum()
         return total / max(len(student), 1)
 
     @staticmethod

@@ -77,6 +77,10 @@ class DistillConfig(Strict):
         "float32", description="with top-k targets: how the cache stores the teacher's log-probabilities: float32 "
                                "(4 bytes each), float16 (2) or compact (12-bit knots, 146 bytes a token at k = 64 "
                                "with the ids)")
+    teacher_logprobs: Optional[str] = Field(
+        None, description="language models: a .jsonl or .parquet file of the teacher's per-position top-k "
+                          "log-probabilities made elsewhere (vLLM prompt_logprobs, or {token_id, logprob} lists), "
+                          "learned instead of running the teacher; distill.teacher may then be left out")
     teacher_views: Optional[int] = Field(
         None, ge=1, description="with data.augment: cache the teacher on this many seeded augmented views, "
                                 "cycled through by epoch, instead of running it live")

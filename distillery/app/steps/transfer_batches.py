@@ -155,8 +155,7 @@ def build_teacher_cache(config: RunConfig, *, rebuild: bool = False) -> str:
     """
     distill = config.distill
     if config.data.dataset in TEXT_DATASETS:
-        raise ConfigError("a text run builds its teacher cache itself: distill.top_k computes the teacher's top-k "
-                          "targets once, when the run starts")
+        raise ConfigError("text runs cache their teacher's targets with distillery.app.workflows.cache_targets")
     if distill is None or not distill.teacher:
         raise ConfigError("a teacher cache needs a distill: section that names a teacher")
     if distill.teacher_cache == "off":

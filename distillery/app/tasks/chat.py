@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 from distillery.app.config import RunConfig
+from distillery.app.tasks.cached_teacher import AbsentTeacher
 from distillery.app.tasks.next_token import LanguageModelTask
 from distillery.app.tasks.task import Prepared
 from distillery.app.tasks.token_data import TokenData, prepare_token_data
@@ -37,7 +38,7 @@ class ChatTask(LanguageModelTask):
 
     def prepare(self, config: RunConfig) -> Prepared:
         prepared = super().prepare(config)
-        if config.data.pack and prepared.teacher is not None:
+        if config.data.pack and prepared.teacher is not None and not isinstance(prepared.teacher, AbsentTeacher):
             check_packed_attention(prepared.teacher, "the teacher")
         return prepared
 

@@ -20,7 +20,7 @@ class Prepared:
     """A task's data and teachers, ready to build the student and its method.
 
     ``teacher`` is the one module a method distils from (an ensemble or label-space merge of several), or None;
-    ``first_teacher`` is what init_from_teacher copies from. ``input_shape`` is one sample's shape (token blocks:
+    ``first_teacher`` is what init_from_teacher copies from (released once the student is built). ``input_shape`` is one sample's shape (token blocks:
     their length) and ``num_classes`` what the student predicts (a language model: its vocabulary).
     """
 
@@ -30,6 +30,7 @@ class Prepared:
     teacher: nn.Module | None = None
     first_teacher: nn.Module | None = None
     teachers: list[Any] = field(default_factory=list)
+    teacher_key: str | None = None  # a language-model teacher's files, digested: what its cached targets are filed under
 
 
 class Task:

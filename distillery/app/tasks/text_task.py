@@ -8,6 +8,12 @@ from torch import nn
 
 from distillery.app.config import RunConfig
 from distillery.app.steps.load_teachers import trusted_factories
+from distillery.app.tasks.cached_teacher import (
+    AbsentTeacher,
+    check_teacher_logprobs,
+    needs_live_teacher,
+    teacher_files_key,
+)
 from distillery.app.tasks.task import Prepared, Task
 from distillery.app.tasks.token_data import (
     check_tokenizers,
@@ -21,7 +27,8 @@ from distillery.errors import ConfigError
 from distillery.methods import Method
 from distillery.models import build_model, count_parameters
 from distillery.models.text_transformers import architecture_config, every_kth_block_map
-from distillery.teachers.top_k_cache import describe, top_k_targets
+from distillery.teachers.logprob_files import file_targets
+from distillery.teachers.token_targets import TargetSpec, cached_targets, describe, teacher_targets
 
 # Settings of image and table runs that a text run would otherwise ignore without a word.
 IMAGE_SETTINGS = ("teacher_views", "calibrate_merge", "teacher_weights", "hint_teacher")
@@ -36,6 +43,8 @@ class TextTask(Task):
 
     def check(self, config: RunConfig) -> None:
         super().check(config)
+        if config.distill is not None and config.distill.teacher_logprobs is not None:
+            check_teacher_logprobs(config, self.model_kind)
         if config.transfer is not None:
             raise ConfigError("transfer: chooses image and table transfer sets; a text run trains on data.path, "
                               "remove it")
@@ -57,12 +66,32 @@ class TextTask(Task):
                               ".gguf file")
         data = self.load_data(config, tokenizer_path)
         check_tokenizers(data, teacher_tokenizer)  # before the teacher's weights: loading a large one takes a while
-        teacher, teacher_metadata = (load_language_teacher(entry, trusted_factories(config), self.model_kind)
-                                     if entry is not None else (None, {}))
+        teacher_key = teacher_files_key(entry) if entry is not None and self.model_kind == "causal_lm" else None
+        if config.distill is not None and config.distill.teacher_logprobs is not None:
+            stored = file_targets(config.distill.teacher_logprobs, data.tokenizer, data.train)[0]
+        else:
+            stored = self._all_targets_cached(config, data, teacher_key)
+        if stored is not None:
+            vocabulary = int(stored.manifest["vocabulary"])
+            teacher, teacher_metadata = AbsentTeacher(vocabulary), {"num_classes": vocabulary}
+            # The student may start from the teacher's weights: loaded for that alone, then released.
+            first = (load_language_teacher(entry, trusted_factories(config), self.model_kind)[0]
+                     if config.distill.init_from_teacher else None)
+        else:
+            teacher, teacher_metadata = (load_language_teacher(entry, trusted_factories(config), self.model_kind)
+                                         if entry is not None else (None, {}))
+            first = teacher
         classes = self.classes(data, teacher_metadata)
         _check_student_head(config.model, self.model_kind, classes)
         return Prepared(data=data, input_shape=tuple(self.data_metadata(data)["input_shape"]), num_classes=classes,
-                        teacher=teacher, first_teacher=teacher)
+                        teacher=teacher, first_teacher=first, teacher_key=teacher_key)
+
+    def _all_targets_cached(self, config: RunConfig, data: Any, teacher_key: str | None):
+        """The stored targets of every training block when the method needs the teacher for nothing else
+        (:func:`needs_live_teacher`), else None: the teacher is then loaded."""
+        if teacher_key is None or needs_live_teacher(config):
+            return None
+        return cached_targets(data.train, target_spec(config), teacher_key)
 
     def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
         return build_model(self.model_spec(config.model, prepared.data), prepared.input_shape, prepared.num_classes,
@@ -92,7 +121,7 @@ class TextTask(Task):
 
     def training_batches(self, config: RunConfig, prepared: Prepared, method: Method, context: DistributedContext,
                          metadata: dict[str, Any]) -> tuple[Iterable, str | None]:
-        note = _attach_top_k_targets(config, method, prepared, context, metadata)
+        note = _attach_cached_targets(config, method, prepared, context, metadata)
         return self.batches(prepared.data.train, config.train.batch_size, shuffle=True, seed=config.seed), note
 
     def validation_batches(self, config: RunConfig, prepared: Prepared) -> Iterable | None:
@@ -118,27 +147,49 @@ class TextTask(Task):
         raise NotImplementedError
 
 
-def _attach_top_k_targets(config: RunConfig, method: Method, prepared: Prepared, context: DistributedContext,
-                          metadata: dict[str, Any]) -> str | None:
-    """With the method's top-k targets and the cache on: the teacher's top-k targets for the training blocks, built
-    once (by rank 0 first under torchrun) and memory-mapped; returns the line that says what they cost, and records
-    it in ``metadata`` (k, bytes a token, the teacher's tokens a second when built)."""
-    top_k = config.distill.options.top_k_targets() if config.distill is not None else None
-    if top_k is None or config.distill.teacher_cache == "off":
+def target_spec(config: RunConfig) -> TargetSpec | None:
+    """The top-k or sampled targets the run's method learns from (None: the teacher's whole distributions)."""
+    if config.distill is None:
+        return None
+    return config.distill.options.teacher_targets(seed=config.seed, storage=config.distill.top_k_storage)
+
+
+def _attach_cached_targets(config: RunConfig, method: Method, prepared: Prepared, context: DistributedContext,
+                           metadata: dict[str, Any]) -> str | None:
+    """With the method's top-k or sampled targets and the cache on: the teacher's targets for the training blocks,
+    built once (every process its share under torchrun) and memory-mapped; returns the line that says what they
+    cost, and records it in ``metadata`` (what they are, bytes a token, the teacher's tokens a second when built)."""
+    if config.distill is not None and config.distill.teacher_logprobs is not None:
+        targets, line = file_targets(config.distill.teacher_logprobs, prepared.data.tokenizer, prepared.data.train)
+        method.use_cached_targets(targets)
+        metadata["teacher_targets"] = {"kind": "file", "width": targets.spec.width,
+                                       "source": config.distill.teacher_logprobs,
+                                       "bytes_per_token": targets.bytes_per_token, "teacher_loaded": False}
+        return line
+    spec = target_spec(config)
+    if spec is None or config.distill.teacher_cache == "off":
         return None
     if config.distill.teacher_cache != "auto":
-        raise ConfigError("top-k targets live in the shared cache directory; set distill.teacher_cache to auto (or "
-                          "off, to compute them live)")
-    targets, built = context.main_first(lambda: top_k_targets(
-        prepared.teacher, prepared.data.train, top_k, storage=config.distill.top_k_storage,
-        batch_size=config.train.batch_size,
-        device=context.place(resolve_device(config.device)), progress=config.progress and context.is_main))
-    method.use_top_k_targets(targets)
-    manifest = targets.manifest
-    metadata["top_k_targets"] = {"k": manifest["k"], "storage": manifest["storage"],
-                                 "bytes_per_token": targets.bytes_per_token,
-                                 "teacher_tokens_per_s": manifest["teacher_tokens_per_s"], "built_now": built}
-    return describe(targets, built)
+        raise ConfigError("top-k and sampled targets live in the shared cache directory; set distill.teacher_cache "
+                          "to auto (or off, to compute them live)")
+    if isinstance(prepared.teacher, AbsentTeacher):
+        targets, built = cached_targets(prepared.data.train, spec, prepared.teacher_key), False
+    else:
+        targets, built = teacher_targets(
+            prepared.teacher, prepared.data.train, spec, teacher_key=prepared.teacher_key, context=context,
+            batch_size=config.train.batch_size, device=context.place(resolve_device(config.device)),
+            progress=config.progress and context.is_main)
+    method.use_cached_targets(targets)
+    metadata["teacher_targets"] = {"kind": spec.kind, "width": spec.width, "storage": spec.storage,
+                                   "bytes_per_token": targets.bytes_per_token,
+                                   "teacher_tokens_per_s": targets.build.get("teacher_tokens_per_s"),
+                                   "built_now": built, "teacher_loaded": not isinstance(prepared.teacher,
+                                                                                        AbsentTeacher)}
+    line = describe(targets, built)
+    if isinstance(prepared.teacher, AbsentTeacher):
+        line += "; every target is cached, so the teacher was not loaded" + (
+            " (only to initialise the student, then released)" if config.distill.init_from_teacher else "")
+    return line
 
 
 def _check_student_head(spec: dict[str, Any], kind: str, classes: int) -> None:

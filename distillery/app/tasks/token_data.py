@@ -71,12 +71,15 @@ def _first(blocks: TokenBlocks, limit: int | None) -> TokenBlocks:
     return blocks if limit is None or limit >= len(blocks) else blocks.subset(torch.arange(limit))
 
 
-def teacher_entry(config: RunConfig) -> str | TeacherSpec:
-    """The run's one teacher: our run directory, ``{huggingface: FOLDER}`` or ``{gguf: FILE}``. Raises ConfigError for
-    none, an ensemble, or a spec of another kind."""
+def teacher_entry(config: RunConfig) -> str | TeacherSpec | None:
+    """The run's one teacher: our run directory, ``{huggingface: FOLDER}`` or ``{gguf: FILE}``, or None where
+    ``distill.teacher_logprobs`` stands in for it. Raises ConfigError for none otherwise, an ensemble, or a spec of
+    another kind."""
     teacher = config.distill.teacher
     if isinstance(teacher, list):
         raise ConfigError("a language-model run distils from one teacher; give distill.teacher one entry")
+    if teacher is None and config.distill.teacher_logprobs is not None:
+        return None
     if teacher is None:
         raise ConfigError(f"method {config.distill.method!r} needs a teacher; set distill.teacher")
     if isinstance(teacher, TeacherSpec) and teacher.huggingface is None and teacher.gguf is None:
