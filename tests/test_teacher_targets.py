@@ -94,6 +94,8 @@ def test_a_run_with_top_k_builds_the_cache_once_and_says_its_size(tmp_path, pret
     from distillery.app.tasks import text_task
     from distillery.app.workflows.run import run
 
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))  # its own: another test's store would be reused
+
     def distil(name):
         document = lm_config(tmp_path / name, progress=True,
                              model={"name": "causal_lm", "base": str(pretrained_teacher), "num_hidden_layers": 1},

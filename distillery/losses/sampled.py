@@ -43,7 +43,7 @@ def teacher_samples(teacher_logits: torch.Tensor, n: int, *, temperature: float 
 
 
 def log_weights(counts: torch.Tensor) -> torch.Tensor:
-    """log(c / n) per slot ``[..., n]`` (float32, −inf where a slot is empty), from :func:`teacher_samples`' counts."""
+    """log(c / n) per slot ``[..., n]`` (float32, −inf for an empty slot) from :func:`teacher_samples`' counts."""
     counts = counts.float()
     return (counts / counts.sum(-1, keepdim=True).clamp_min(1.0)).log()
 

@@ -165,10 +165,10 @@ def weights_key(teacher: nn.Module) -> str:
 def teacher_targets(teacher: nn.Module, blocks: TokenBlocks, spec: TargetSpec, *, teacher_key: str | None = None,
                     context: Any = None, batch_size: int = 8,
                     device: torch.device | str = "cpu", progress: bool = True) -> tuple[TokenTargets, bool]:
-    """The teacher's targets for ``blocks`` from the store, built first when missing (every process of ``context``
-    its share of the pieces, then rank 0 merges; a torchrun
-    :class:`~distillery.engine.distributed.DistributedContext` or :class:`OneProcess`); returns them and whether they were built now. ``teacher_key``
-    names the teacher (default: a digest of its weights). Every process of ``context`` must call this.
+    """The teacher's targets for ``blocks`` from the store, built first when missing (every process of ``context``,
+    a torchrun :class:`~distillery.engine.distributed.DistributedContext` or :class:`OneProcess`, its share of the
+    pieces, then rank 0 merges); returns them and whether they were built now. ``teacher_key`` names the teacher
+    (default: a digest of its weights). Every process of ``context`` must call this.
     Example: ``targets, built = teacher_targets(teacher, data.train, TargetSpec.top_k(64, "compact"))``"""
     teacher_key = teacher_key or weights_key(teacher)
     context = context or OneProcess()
@@ -177,9 +177,18 @@ def teacher_targets(teacher: nn.Module, blocks: TokenBlocks, spec: TargetSpec, *
     if found is not None:
         return found, False
     pieces = directory.with_name(directory.name + ".pieces")
-    seconds, tokens = _build_pieces(teacher, blocks, spec, pieces, context, batch_size, device, progress)
+    pieces.mkdir(parents=True, exist_ok=True)
+    missing = [piece for piece in range(-(-len(blocks) // PIECE_BLOCKS))
+               if not _piece_files(pieces, piece)[1].is_file()]
+    context.barrier()  # every process has seen the same pieces missing before any is written
+    started = time.perf_counter()
+    _build_pieces(teacher, blocks, spec, pieces, missing[context.rank::context.world_size], batch_size, device,
+                  progress)
     context.barrier()
-    if context.is_main:
+    if context.is_main:  # the teacher's speed over this build's pieces, all processes together
+        seconds = time.perf_counter() - started
+        tokens = sum(len(range(piece * PIECE_BLOCKS, min((piece + 1) * PIECE_BLOCKS, len(blocks))))
+                     for piece in missing) * blocks.block_length
         _merge(pieces, directory, blocks, spec, parts, teacher, {"teacher_tokens_per_s": tokens / max(seconds, 1e-9),
                                                                  "build_seconds": seconds,
                                                                  "processes": context.world_size})
@@ -195,16 +204,11 @@ def _piece_files(pieces: Path, piece: int) -> tuple[Path, Path]:
 
 
 @torch.no_grad()
-def _build_pieces(teacher: nn.Module, blocks: TokenBlocks, spec: TargetSpec, pieces: Path,
-                  context: Any, batch_size: int, device: torch.device | str,
-                  progress: bool) -> tuple[float, int]:
-    """This process's pieces not yet on disk; returns the seconds it took and the tokens it scored."""
-    pieces.mkdir(parents=True, exist_ok=True)
+def _build_pieces(teacher: nn.Module, blocks: TokenBlocks, spec: TargetSpec, pieces: Path, mine: list[int],
+                  batch_size: int, device: torch.device | str, progress: bool) -> None:
+    """This process's share of the missing pieces (``mine``), each written atomically."""
     count = len(blocks)
-    mine = [piece for piece in range(context.rank, -(-count // PIECE_BLOCKS), context.world_size)
-            if not _piece_files(pieces, piece)[1].is_file()]
     teacher.eval().to(device)
-    started, tokens = time.perf_counter(), 0
     for piece in tqdm(mine, desc=spec.label().split(" (")[0], disable=not progress, leave=False, file=sys.stderr,
                       unit="piece"):
         first = piece * PIECE_BLOCKS
@@ -216,12 +220,10 @@ def _build_pieces(teacher: nn.Module, blocks: TokenBlocks, spec: TargetSpec, pie
             values, ids = _targets_of(model_logits(teacher, batch.inputs), rows, spec)
             stored_values.append(values)
             stored_ids.append(ids)
-            tokens += int(rows.numel()) * blocks.block_length
         indices_file, values_file = _piece_files(pieces, piece)
         # The ids first, the values last: a piece whose values file exists is whole.
         atomic_write(indices_file, lambda path: _save(path, np.concatenate(stored_ids)))
         atomic_write(values_file, lambda path: _save(path, np.concatenate(stored_values)))
-    return time.perf_counter() - started, tokens
 
 
 def _save(path: Path, array: np.ndarray) -> None:

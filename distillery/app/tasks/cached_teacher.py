@@ -95,7 +95,8 @@ def _scores_file(teacher_key: str, test: TokenBlocks) -> Path:
     # Which positions count (a chat's assistant turns) and where packed conversations start change the scores too.
     extra = hashlib.sha256(test.counted.numpy().tobytes()
                            + (test.positions.numpy().tobytes() if test.positions is not None else b"")).hexdigest()
-    return default_cache_dir() / "teacher_scores" / f"{cache_key({'teacher': teacher_key, 'data': data + extra[:16]})}.json"
+    key = cache_key({"teacher": teacher_key, "data": data + extra[:16]})
+    return default_cache_dir() / "teacher_scores" / f"{key}.json"
 
 
 def read_teacher_scores(teacher_key: str, test: TokenBlocks) -> dict[str, Any] | None:

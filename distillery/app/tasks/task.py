@@ -30,7 +30,7 @@ class Prepared:
     teacher: nn.Module | None = None
     first_teacher: nn.Module | None = None
     teachers: list[Any] = field(default_factory=list)
-    teacher_key: str | None = None  # a language-model teacher's files, digested: what its cached targets are filed under
+    teacher_key: str | None = None  # a language-model teacher's files, digested: its cached targets' key
 
 
 class Task:
