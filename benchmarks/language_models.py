@@ -30,6 +30,11 @@ VARIANTS = {  # name -> distill section (None: the text alone)
     "reverse KL": {"divergence": "reverse_kl"},
     "JSD (beta 0.5)": {"divergence": "jsd", "beta": 0.5},
     "top-8 forward KL (cached)": {"divergence": "forward_kl", "top_k": 8},
+    "top-8 forward KL (cached, float16)": {"divergence": "forward_kl", "top_k": 8, "top_k_storage": "float16"},
+    # Sampled targets (Anshumann et al. 2025) at the bytes of a top-k arm: 12 draws, 36 bytes (top-8 float16: 34);
+    # 48 draws, 144 bytes (top-64 compact: 146).
+    "12 sampled tokens (cached)": {"divergence": "forward_kl", "teacher_samples": 12},
+    "48 sampled tokens (cached)": {"divergence": "forward_kl", "teacher_samples": 48},
     "top-64 forward KL (cached)": {"divergence": "forward_kl", "top_k": 64},
     "top-64 forward KL (cached, float16)": {"divergence": "forward_kl", "top_k": 64, "top_k_storage": "float16"},
     "top-64 forward KL (cached, compact)": {"divergence": "forward_kl", "top_k": 64, "top_k_storage": "compact"},
@@ -42,7 +47,12 @@ COMPARED = [("top-64 forward KL (cached, float16)", "top-64 forward KL (cached)"
             ("top-64 forward KL (cached, compact)", "top-64 forward KL (cached)"),
             ("top-64 forward KL (cached)", "forward KL"), ("forward KL", "text alone (cross-entropy)"),
             ("forward KL", "forward KL, logits whole"),
-            ("top-64 forward KL (cached)", "top-64 forward KL (cached), logits whole")]
+            ("top-64 forward KL (cached)", "top-64 forward KL (cached), logits whole"),
+            ("48 sampled tokens (cached)", "top-64 forward KL (cached, compact)"),
+            ("12 sampled tokens (cached)", "top-8 forward KL (cached, float16)"),
+            ("48 sampled tokens (cached)", "forward KL"), ("12 sampled tokens (cached)", "forward KL"),
+            ("top-64 forward KL (cached, compact)", "forward KL"), ("top-8 forward KL (cached, float16)", "forward KL"),
+            ("48 sampled tokens (cached)", "text alone (cross-entropy)")]
 
 
 def smollm2() -> Path:
@@ -118,9 +128,9 @@ def main() -> None:
         evaluation = json.loads((run_dir / "evaluation.json").read_text())
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         speed = sum(r["train/tokens_per_s"] for r in records) / len(records)
-        targets = json.loads((run_dir / "model.json").read_text()).get("top_k_targets")
+        targets = json.loads((run_dir / "model.json").read_text()).get("teacher_targets")
         rows.append({"name": name, "evaluation": evaluation, "tokens_per_s": speed, "seconds": seconds,
-                     "peak_mib": peak, "top_k_targets": targets})
+                     "peak_mib": peak, "teacher_targets": targets})
         print(f"{name}: perplexity {evaluation['perplexity']:.2f}", file=sys.stderr, flush=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=2))
     print(table(rows, args))
@@ -130,12 +140,13 @@ def table(rows: list[dict], args) -> str:
     teacher = next(row["evaluation"]["teacher"] for row in rows if "teacher" in row["evaluation"])
     lines = [f"Teacher SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised, {teacher['parameters']:,} parameters): "
              f"test perplexity {teacher['perplexity']:.2f} on {teacher['tokens']:,} held-out tokens ({args.test}).",
-             "", "| student trained on " + args.train + " | test perplexity | next-token accuracy | agreement with "
-             "teacher | training tokens/s | peak memory | wall time |", "|---|---|---|---|---|---|---|"]
+             "", "| student trained on " + args.train + " | test perplexity | next-token accuracy | next-token ECE | "
+             "agreement with teacher | training tokens/s | peak memory | wall time |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         e = row["evaluation"]
         agreement = f"{e['agreement']:.2%}" if "agreement" in e else "–"
-        lines.append(f"| {row['name']} | {e['perplexity']:.2f} | {e['accuracy']:.2%} | {agreement} | "
+        lines.append(f"| {row['name']} | {e['perplexity']:.2f} | {e['accuracy']:.2%} | {e['ece']:.4f} | {agreement} | "
                      f"{row['tokens_per_s']:.0f} | {row['peak_mib']:,.0f} MiB | {row['seconds']:.0f} s |")
     named = {row["name"]: row for row in rows}
     for first, second in COMPARED:
@@ -147,12 +158,13 @@ def table(rows: list[dict], args) -> str:
                          f"{gap.high:+.4f}, {within}); tokens/s ratio "
                          f"{named[first]['tokens_per_s'] / named[second]['tokens_per_s']:.2f}.")
     for row in rows:
-        if row.get("top_k_targets"):
-            targets = row["top_k_targets"]
-            lines.append(f"\n{row['name']}: top-{targets['k']} targets ({targets.get('storage', 'float32')}) at "
-                         f"{targets['bytes_per_token']} bytes a token, "
-                         f"built by the teacher at {targets['teacher_tokens_per_s']:.0f} tokens/s"
-                         f"{'' if targets['built_now'] else ' (reused from an earlier run)'}.")
+        if row.get("teacher_targets"):
+            targets = row["teacher_targets"]
+            what = (f"top-{targets['width']} targets ({targets['storage']})" if targets["kind"] == "top_k"
+                    else f"{targets['width']} sampled tokens a position")
+            built = (f"built by the teacher at {targets['teacher_tokens_per_s']:.0f} tokens/s" if targets["built_now"]
+                     else "reused from an earlier run")
+            lines.append(f"\n{row['name']}: {what} at {targets['bytes_per_token']} bytes a token, {built}.")
     return "\n".join(lines)
 
 

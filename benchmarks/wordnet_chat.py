@@ -47,6 +47,14 @@ ARMS = {  # name -> (distill section or None, model additions)
     "on-policy reverse KL (lambda 0.5)": ({"divergence": "reverse_kl", "on_policy": 0.5, "sample_tokens": 32}, {}),
     "forward KL, LoRA r 16 (all linear)": ({"divergence": "forward_kl"},
                                            {"lora": {"r": 16, "target_modules": "all-linear"}}),
+    # Cached targets at equal bytes a token: top-64 compact (146) against 48 sampled tokens (144), top-8 float16 (34)
+    # against 12 sampled tokens (36).
+    "top-64 forward KL (cached, compact)": ({"divergence": "forward_kl", "top_k": 64, "top_k_storage": "compact"},
+                                            {}),
+    "48 sampled tokens (cached)": ({"divergence": "forward_kl", "teacher_samples": 48}, {}),
+    "top-8 forward KL (cached, float16)": ({"divergence": "forward_kl", "top_k": 8, "top_k_storage": "float16"},
+                                           {}),
+    "12 sampled tokens (cached)": ({"divergence": "forward_kl", "teacher_samples": 12}, {}),
 }
 
 
@@ -174,9 +182,9 @@ def table(rows: list[dict], args, test_rows: int) -> str:
     lines = [f"Teacher: held-out gloss perplexity {teacher['perplexity']:.2f} over {teacher['tokens']:,} assistant "
              f"tokens ({test_rows} conversations); the teacher's NLL of its own greedy answers "
              f"{answer_nll(rows[0]):.3f} nats a token.", "",
-             "| student (6 of 30 blocks) | held-out perplexity | vs SFT (nats a token, 95% interval) | teacher NLL "
-             "of its answers | vs SFT (95% interval) | trainable parameters | tokens/s | peak memory | wall time |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| student (6 of 30 blocks) | held-out perplexity | vs SFT (nats a token, 95% interval) | next-token ECE "
+             "| teacher NLL of its answers | vs SFT (95% interval) | trainable parameters | tokens/s | peak memory | "
+             "wall time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in students:
         e = row["evaluation"]
         if row is base:
@@ -187,7 +195,8 @@ def table(rows: list[dict], args, test_rows: int) -> str:
             mean, low, high = paired_interval([a["nll"] / max(a["tokens"], 1) for a in row["answers"]],
                                               [a["nll"] / max(a["tokens"], 1) for a in base["answers"]])
             versus_answers = f"{mean:+.3f} ({low:+.3f} to {high:+.3f}): {verdict(low, high)}"
-        lines.append(f"| {row['name']} | {e['perplexity']:.2f} | {versus} | {answer_nll(row):.3f} | {versus_answers} "
+        lines.append(f"| {row['name']} | {e['perplexity']:.2f} | {versus} | {e['ece']:.4f} | {answer_nll(row):.3f} | "
+                     f"{versus_answers} "
                      f"| {row['trainable']:,} | {row['tokens_per_s']:.0f} | {row['peak_mib']:,.0f} MiB | "
                      f"{row['seconds']:.0f} s |")
     lines += ["", "Answers to held-out questions (greedy, to the end of the turn):", ""]
