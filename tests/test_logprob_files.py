@@ -149,3 +149,30 @@ def test_padded_blocks_of_one_row_each_align_without_their_padding(tokenizer, tm
             best = max(entry.items(), key=lambda item: item[1]["logprob"])
             assert ids[block, position, 0].item() == int(best[0])
             assert values[block, position, 0].item() == pytest.approx(best[1]["logprob"])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda row: row["prompt_logprobs"][2].update({"5000": {"logprob": -9.0}}), "names token 5000, outside"),
+    (lambda row: row["prompt_logprobs"][2].update({str(t): {"logprob": -0.1} for t in range(5)}), "add up to"),
+    (lambda row: row["prompt_logprobs"].pop(), "is the last one missing"),
+    (lambda row: row["prompt_logprobs"].__setitem__(3, {}), "entry 3 is empty"),
+])
+def test_entries_that_cannot_be_a_distribution_are_refused_in_one_line(damage, message, vllm_rows, tokenizer,
+                                                                       tmp_path, monkeypatch):
+    import copy
+
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    rows = copy.deepcopy(vllm_rows[:4])
+    damage(rows[1])
+    blocks = load_text_blocks(TEXT, tokenizer, 32, cache=False).subset(torch.arange(1))
+    with pytest.raises(DataError, match=message):
+        file_targets(_write_jsonl(tmp_path / "bad.jsonl", rows), tokenizer, blocks)
+    assert not (tmp_path / "cache" / "top_k").exists() or not any((tmp_path / "cache" / "top_k").iterdir())
+
+
+def test_a_file_that_is_not_parquet_is_one_line(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "garbage.parquet").write_bytes(b"PAR1garbage")
+    blocks = load_text_blocks(TEXT, tokenizer, 32, cache=False).subset(torch.arange(1))
+    with pytest.raises(DataError, match="not a readable Parquet file"):
+        file_targets(tmp_path / "garbage.parquet", tokenizer, blocks)

@@ -62,13 +62,16 @@ def read_rows(path: str | Path, tokenizer: Any) -> _Rows:
         text, ids, entries = (_field(row, keys, where) for keys in (TEXT_KEYS, ID_KEYS, LOGPROB_KEYS))
         ids = [int(token) for token in ids]
         _check_ids(tokenizer, str(text), ids, where)
+        if len(entries) == len(ids) - 1 and entries and entries[0] is None:
+            raise DataError(f"{where} has {len(ids)} token ids and {len(entries)} log-probability entries starting "
+                            "with null: vLLM's layout needs one entry an id (is the last one missing?)")
         if len(entries) == len(ids) - 1:
             entries = [None, *entries]  # the next-token layout: entry i was token i + 1's
         elif len(entries) != len(ids):
             raise DataError(f"{where} has {len(ids)} token ids but {len(entries)} log-probability entries; give one "
                             "an id (vLLM's prompt_logprobs) or one fewer (entry i for token i + 1)")
         stream.ids += ids
-        stream.distributions += [_distribution(entry, where, position) if position else None
+        stream.distributions += [_distribution(entry, where, position, len(tokenizer)) if position else None
                                  for position, entry in enumerate(entries)]
     return stream
 
@@ -83,9 +86,13 @@ def _raw_rows(path: Path) -> list[dict]:
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path} line {number} is not JSON: {error.msg}") from None
     elif path.suffix == ".parquet" and path.is_file():
+        import pyarrow
         import pyarrow.parquet as parquet
 
-        rows = parquet.read_table(path).to_pylist()
+        try:
+            rows = parquet.read_table(path).to_pylist()
+        except pyarrow.ArrowException as error:
+            raise DataError(f"{path} is not a readable Parquet file: {str(error).splitlines()[0]}") from None
     elif not path.exists():
         raise DataError(f"the teacher's log-probability file {path} does not exist")
     else:
@@ -114,10 +121,12 @@ def _check_ids(tokenizer: Any, text: str, ids: list[int], where: str) -> None:
                     "tokenizer; the log-probabilities were made with another tokenizer")
 
 
-def _distribution(entry: Any, where: str, position: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """An entry as (token ids, log-probabilities), most likely first; None for an empty one."""
+def _distribution(entry: Any, where: str, position: int, vocabulary: int) -> tuple[np.ndarray, np.ndarray]:
+    """An entry as (token ids, log-probabilities), most likely first. Raises DataError for an empty entry, ids outside
+    the vocabulary, log-probabilities above 0 or not numbers, or probabilities that add up to more than 1."""
     if not entry:
-        return None
+        raise DataError(f"{where}: entry {position} is empty; every token after a row's first needs its "
+                        "log-probabilities")
     try:
         if isinstance(entry, dict):
             pairs = [(int(token), float(value["logprob"] if isinstance(value, dict) else value))
@@ -129,6 +138,14 @@ def _distribution(entry: Any, where: str, position: int) -> tuple[np.ndarray, np
                         "{token_id, logprob}") from None
     if any(not math.isfinite(logprob) and logprob != -math.inf or logprob > 1e-4 for _, logprob in pairs):
         raise DataError(f"{where}: entry {position} holds a log-probability that is not ≤ 0")
+    outside = [token for token, _ in pairs if not 0 <= token < vocabulary]
+    if outside:
+        raise DataError(f"{where}: entry {position} names token {outside[0]}, outside this tokenizer's {vocabulary} "
+                        "tokens")
+    total = sum(math.exp(logprob) for _, logprob in pairs)
+    if total > 1.01:
+        raise DataError(f"{where}: entry {position}'s probabilities add up to {total:.3f}, more than 1; are these "
+                        "log-probabilities (log-softmax), not logits?")
     pairs.sort(key=lambda pair: -pair[1])
     return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.float32)
 

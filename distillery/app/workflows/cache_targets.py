@@ -41,7 +41,8 @@ def cache_language_targets(config: RunConfig, *, rebuild: bool = False) -> str:
         raise ConfigError("this run learns from the teacher's whole distributions, which are not cached (V · 4 bytes "
                           "a token); set distill.top_k or distill.teacher_samples to cache the teacher's targets")
     if config.distill.teacher_cache != "auto":
-        raise ConfigError("distill.teacher_cache is off; set it to auto to build the teacher's targets")
+        raise ConfigError("top-k and sampled targets live in the shared cache directory; set distill.teacher_cache to "
+                          f"auto (it is {config.distill.teacher_cache!r})")
     context = setup_distributed(config.device)
     prepared = task.prepare(config)
     data, key = prepared.data, prepared.teacher_key
