@@ -14,7 +14,7 @@ from distillery.data.text import load_text_blocks
 from distillery.data.tokenizer import load_tokenizer
 from distillery.errors import DataError
 from distillery.models import build_model
-from distillery.teachers.logprob_files import file_targets
+from distillery.teachers.logprob_files import describe_file_targets, file_targets
 
 TOP = 5
 
@@ -58,7 +58,9 @@ def vllm_rows(tokenizer):
 def test_vllm_prompt_logprobs_become_the_top_k_of_each_blocks_position(vllm_rows, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILLERY_CACHE", str(tmp_path / "cache"))
     blocks = load_text_blocks(TEXT, tokenizer, 32, cache=False).subset(torch.arange(20))
-    targets, line = file_targets(_write_jsonl(tmp_path / "vllm.jsonl", vllm_rows), tokenizer, blocks)
+    path = _write_jsonl(tmp_path / "vllm.jsonl", vllm_rows)
+    targets = file_targets(path, tokenizer, blocks)
+    line = describe_file_targets(targets, path)
     assert targets.spec.width == TOP and "no tail mass" in line and "top 5" in line
     values, ids, tail = targets[torch.arange(20)]
     # Block 3, position 7 predicts the stream's token 3 · 32 + 8: find its row and entry by hand.
@@ -82,9 +84,8 @@ def test_a_next_token_column_in_parquet_gives_the_same_targets(vllm_rows, tokeni
                              for entry in row["prompt_logprobs"][1:]]}  # entry i: token i + 1
                for row in vllm_rows]
     pq.write_table(pa.Table.from_pylist(columns), tmp_path / "kd.parquet")
-    from_parquet = file_targets(tmp_path / "kd.parquet", tokenizer, blocks)[0][torch.arange(20)]
-    from_jsonl = file_targets(_write_jsonl(tmp_path / "vllm.jsonl", vllm_rows), tokenizer, blocks)[0][
-        torch.arange(20)]
+    from_parquet = file_targets(tmp_path / "kd.parquet", tokenizer, blocks)[torch.arange(20)]
+    from_jsonl = file_targets(_write_jsonl(tmp_path / "vllm.jsonl", vllm_rows), tokenizer, blocks)[torch.arange(20)]
     for mine, theirs in zip(from_parquet, from_jsonl):
         assert torch.equal(mine, theirs)
 
@@ -140,7 +141,9 @@ def test_padded_blocks_of_one_row_each_align_without_their_padding(tokenizer, tm
     pairs = [("Who made the earth?", " God made it."), ("And God said", " let there be light")]
     blocks = prompt_completion_blocks(pairs, tokenizer, 24, "pairs")
     rows = _rows(tokenizer, [prompt + completion + tokenizer.eos_token for prompt, completion in pairs])
-    targets, line = file_targets(_write_jsonl(tmp_path / "pairs.jsonl", rows[::-1]), tokenizer, blocks)  # any order
+    path = _write_jsonl(tmp_path / "pairs.jsonl", rows[::-1])  # any order
+    targets = file_targets(path, tokenizer, blocks)
+    line = describe_file_targets(targets, path)
     assert "positions predict the first token of a row" not in line  # no counted position predicts a row's start
     values, ids, _ = targets[torch.arange(2)]
     for block, row in enumerate(rows):

@@ -55,6 +55,11 @@ def _input_chunks(inputs, rows: int = 4096):
         yield _tensor_bytes(inputs[start:start + rows])
 
 
+def data_key(inputs: torch.Tensor) -> str:
+    """A digest of a tensor's shape and bytes (memory-mapped inputs read a slice at a time)."""
+    return _digest(str(tuple(inputs.shape)).encode(), *_input_chunks(inputs))
+
+
 def fingerprint(inputs: torch.Tensor, teacher: nn.Module, preprocessing: dict[str, Any] | None,
                 view: Any = None) -> dict[str, str]:
     """What a teacher's outputs on ``inputs`` depend on, each part hashed: data, teacher, preprocessing.
@@ -68,7 +73,7 @@ def fingerprint(inputs: torch.Tensor, teacher: nn.Module, preprocessing: dict[st
     state = teacher.state_dict()
     weights = _digest(*(name.encode() + _tensor_bytes(state[name]) for name in sorted(state)))
     return {
-        "data": _digest(str(tuple(inputs.shape)).encode(), *_input_chunks(inputs)),
+        "data": data_key(inputs),
         "teacher": _digest(weights.encode(), repr(teacher).encode()),
         "preprocessing": _digest(json.dumps([preprocessing, view], sort_keys=True).encode()),
     }

@@ -32,7 +32,7 @@ from distillery.atomic import atomic_write_text
 from distillery.cache_dir import default_cache_dir
 from distillery.data.text import TokenBlocks
 from distillery.errors import DataError
-from distillery.teachers.cache import cache_key, fingerprint
+from distillery.teachers.cache import cache_key, data_key
 from distillery.teachers.token_targets import FORMAT, TargetSpec, TokenTargets
 
 TEXT_KEYS = ("text", "prompt")
@@ -150,26 +150,31 @@ def _distribution(entry: Any, where: str, position: int, vocabulary: int) -> tup
     return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.float32)
 
 
-def file_targets(path: str | Path, tokenizer: Any, blocks: TokenBlocks) -> tuple[TokenTargets, str]:
+def file_targets(path: str | Path, tokenizer: Any, blocks: TokenBlocks) -> TokenTargets:
     """The file's targets for ``blocks`` as a top-k store (built once, under ``$DISTILLERY_CACHE/top_k/``, keyed by
-    the file's bytes and the blocks) and a line saying what they are. Raises DataError as :func:`read_rows` does, and
-    for blocks the rows do not cover (naming the first)."""
+    the file's bytes and the blocks). Raises DataError as :func:`read_rows` does, and for blocks the rows do not
+    cover (naming the first)."""
     path = Path(path)
     if not path.is_file() or path.suffix not in (".jsonl", ".parquet"):
         _raw_rows(path)  # says, in one line, what is wrong with the path
     digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    parts = {"file": digest, "data": fingerprint(blocks.tokens, torch.nn.Identity(), None, None)["data"],
+    parts = {"file": digest, "data": data_key(blocks.tokens),
              "counted": hashlib.sha256(blocks.counted.numpy().tobytes()).hexdigest()[:16]}
     directory = default_cache_dir() / "top_k" / cache_key(parts)
     if not (directory / "manifest.json").is_file():
         _write(_aligned(read_rows(path, tokenizer), blocks, path), directory, parts, blocks, len(tokenizer))
-    targets = TokenTargets(directory)
+    return TokenTargets(directory)
+
+
+def describe_file_targets(targets: TokenTargets, path: str | Path) -> str:
+    """One line on targets read from ``path``: k, the blocks, the computed tail, the positions without a
+    distribution."""
     starts = targets.manifest["row_starts"]
-    return targets, (f"teacher targets read from {path}: the top {targets.spec.width} log-probabilities a position "
-                     f"(the fewest any counted position has), {len(blocks)} blocks aligned by token ids; the file "
-                     "gives no tail mass, so it is computed as 1 − the top's probability"
-                     + (f"; {starts:,} positions predict the first token of a row, which the file has no "
-                        "distribution for: they learn that token" if starts else ""))
+    return (f"teacher targets read from {path}: the top {targets.spec.width} log-probabilities a position (the fewest "
+            f"any counted position has), {targets.manifest['blocks']} blocks aligned by token ids; the file gives no "
+            "tail mass, so it is computed as 1 − the top's probability"
+            + (f"; {starts:,} positions predict the first token of a row, which the file has no distribution for: "
+               "they learn that token" if starts else ""))
 
 
 def _aligned(rows: _Rows, blocks: TokenBlocks, path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -39,7 +39,7 @@ from distillery.data.token_batches import token_batch
 from distillery.errors import CheckpointError
 from distillery.losses.sampled import log_weights, teacher_samples
 from distillery.losses.topk import teacher_top_k
-from distillery.teachers.cache import cache_key, fingerprint
+from distillery.teachers.cache import cache_key, data_key, fingerprint
 from distillery.teachers.target_storage import decode, encode, value_bytes
 
 FORMAT = "distillery-token-targets"
@@ -141,8 +141,7 @@ def store_directory(blocks: TokenBlocks, spec: TargetSpec, teacher_key: str) -> 
     """Where the store of ``spec`` for ``blocks`` from the teacher ``teacher_key`` is, and its fingerprint."""
     packing = hashlib.sha256(blocks.positions.numpy().tobytes()).hexdigest()[:16] if blocks.positions is not None \
         else None  # packed conversations: where each starts decides what the teacher's attention sees
-    data = fingerprint(blocks.tokens, nn.Identity(), None, None)["data"]
-    parts = {"data": data, "teacher": teacher_key, "spec": json.dumps(asdict(spec), sort_keys=True),
+    parts = {"data": data_key(blocks.tokens), "teacher": teacher_key, "spec": json.dumps(asdict(spec), sort_keys=True),
              "attention": str(blocks.attention is not None), **({"packing": packing} if packing else {})}
     return default_cache_dir() / "top_k" / cache_key(parts), parts
 

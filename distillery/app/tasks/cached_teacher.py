@@ -21,7 +21,7 @@ from distillery.cache_dir import default_cache_dir
 from distillery.data.text import TokenBlocks
 from distillery.errors import ConfigError, ModelError
 from distillery.models.checkpoint_files import resolve_checkpoint
-from distillery.teachers.cache import cache_key, fingerprint
+from distillery.teachers.cache import cache_key, data_key
 
 
 class AbsentTeacher(nn.Module):
@@ -91,7 +91,7 @@ def check_teacher_logprobs(config: RunConfig, model_kind: str) -> None:
 
 
 def _scores_file(teacher_key: str, test: TokenBlocks) -> Path:
-    data = fingerprint(test.tokens, nn.Identity(), None, None)["data"]
+    data = data_key(test.tokens)
     # Which positions count (a chat's assistant turns) and where packed conversations start change the scores too.
     extra = hashlib.sha256(test.counted.numpy().tobytes()
                            + (test.positions.numpy().tobytes() if test.positions is not None else b"")).hexdigest()

@@ -31,6 +31,7 @@ class Prepared:
     first_teacher: nn.Module | None = None
     teachers: list[Any] = field(default_factory=list)
     teacher_key: str | None = None  # a language-model teacher's files, digested: its cached targets' key
+    stored_targets: Any = None  # a language model's targets found (or read from a file) before any teacher loaded
 
 
 class Task:

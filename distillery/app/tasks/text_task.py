@@ -27,7 +27,7 @@ from distillery.errors import ConfigError
 from distillery.methods import Method
 from distillery.models import build_model, count_parameters
 from distillery.models.text_transformers import architecture_config, every_kth_block_map
-from distillery.teachers.logprob_files import file_targets
+from distillery.teachers.logprob_files import describe_file_targets, file_targets
 from distillery.teachers.token_targets import TargetSpec, cached_targets, describe, teacher_targets
 
 # Settings of image and table runs that a text run would otherwise ignore without a word.
@@ -68,7 +68,7 @@ class TextTask(Task):
         check_tokenizers(data, teacher_tokenizer)  # before the teacher's weights: loading a large one takes a while
         teacher_key = teacher_files_key(entry) if entry is not None and self.model_kind == "causal_lm" else None
         if config.distill is not None and config.distill.teacher_logprobs is not None:
-            stored = file_targets(config.distill.teacher_logprobs, data.tokenizer, data.train)[0]
+            stored = file_targets(config.distill.teacher_logprobs, data.tokenizer, data.train)
         else:
             stored = self._all_targets_cached(config, data, teacher_key)
         if stored is not None:
@@ -84,7 +84,7 @@ class TextTask(Task):
         classes = self.classes(data, teacher_metadata)
         _check_student_head(config.model, self.model_kind, classes)
         return Prepared(data=data, input_shape=tuple(self.data_metadata(data)["input_shape"]), num_classes=classes,
-                        teacher=teacher, first_teacher=first, teacher_key=teacher_key)
+                        teacher=teacher, first_teacher=first, teacher_key=teacher_key, stored_targets=stored)
 
     def _all_targets_cached(self, config: RunConfig, data: Any, teacher_key: str | None):
         """The stored targets of every training block when the method needs the teacher for nothing else
@@ -160,12 +160,12 @@ def _attach_cached_targets(config: RunConfig, method: Method, prepared: Prepared
     built once (every process its share under torchrun) and memory-mapped; returns the line that says what they
     cost, and records it in ``metadata`` (what they are, bytes a token, the teacher's tokens a second when built)."""
     if config.distill is not None and config.distill.teacher_logprobs is not None:
-        targets, line = file_targets(config.distill.teacher_logprobs, prepared.data.tokenizer, prepared.data.train)
+        targets = prepared.stored_targets
         method.use_cached_targets(targets)
         metadata["teacher_targets"] = {"kind": "file", "width": targets.spec.width,
                                        "source": config.distill.teacher_logprobs,
                                        "bytes_per_token": targets.bytes_per_token, "teacher_loaded": False}
-        return line
+        return describe_file_targets(targets, config.distill.teacher_logprobs)
     spec = target_spec(config)
     if spec is None or config.distill.teacher_cache == "off":
         return None
@@ -173,7 +173,7 @@ def _attach_cached_targets(config: RunConfig, method: Method, prepared: Prepared
         raise ConfigError("top-k and sampled targets live in the shared cache directory; set distill.teacher_cache "
                           "to auto (or off, to compute them live)")
     if isinstance(prepared.teacher, AbsentTeacher):
-        targets, built = cached_targets(prepared.data.train, spec, prepared.teacher_key), False
+        targets, built = prepared.stored_targets, False
     else:
         targets, built = teacher_targets(
             prepared.teacher, prepared.data.train, spec, teacher_key=prepared.teacher_key, context=context,

@@ -17,7 +17,7 @@ from distillery.engine.distributed import setup_distributed
 from distillery.errors import ConfigError
 from distillery.eval.perplexity import language_model_metrics
 from distillery.models import count_parameters
-from distillery.teachers.logprob_files import file_targets
+from distillery.teachers.logprob_files import describe_file_targets
 from distillery.teachers.token_targets import describe, store_directory, teacher_targets
 
 
@@ -34,8 +34,8 @@ def cache_language_targets(config: RunConfig, *, rebuild: bool = False) -> str:
         raise ConfigError("distillery cache for text builds a language model's top-k or sampled teacher targets; "
                           "this config has no distill: section for a causal_lm")
     if config.distill.teacher_logprobs is not None:
-        data = task.prepare(config).data  # reads the file into the store
-        return file_targets(config.distill.teacher_logprobs, data.tokenizer, data.train)[1]
+        stored = task.prepare(config).stored_targets  # the file read into the store
+        return describe_file_targets(stored, config.distill.teacher_logprobs)
     spec = target_spec(config)
     if spec is None:
         raise ConfigError("this run learns from the teacher's whole distributions, which are not cached (V · 4 bytes "
@@ -54,7 +54,7 @@ def cache_language_targets(config: RunConfig, *, rebuild: bool = False) -> str:
     scores = None if rebuild else read_teacher_scores(key, data.test)
     teacher = prepared.teacher
     if isinstance(teacher, AbsentTeacher) and not rebuild and scores is not None:
-        targets, built = teacher_targets(teacher, data.train, spec, teacher_key=key, context=context)[0], False
+        targets, built = prepared.stored_targets, False
     else:
         if isinstance(teacher, AbsentTeacher):  # targets cached, test scores not (or a rebuild): it is needed
             teacher = load_language_teacher(teacher_entry(config), trusted_factories(config), task.model_kind)[0]
