@@ -17,6 +17,7 @@ from distillery.app.steps.write import RunWriter
 from distillery.app.tasks import Prepared, Task, task_for
 from distillery.engine import RunDirectory
 from distillery.engine.distributed import setup_distributed
+from distillery.engine.fsdp import full_state
 from distillery.engine.training_state import read_training_state
 from distillery.errors import NumericalError
 from distillery.messages import note
@@ -34,7 +35,8 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
     task = task or task_for(config)
     task.check(config)
     run_dir = RunDirectory(config.output_dir, overwrite=overwrite)
-    context = setup_distributed(config.device)  # under torchrun: one process of many, only rank 0 writes
+    # Under torchrun: one process of many, only rank 0 writes; with train.parallel: fsdp the models are sharded.
+    context = setup_distributed(config.device).sharded(config.train.parallel)
     context.check_global_batch(config.train.batch_size)
     saved = read_training_state(run_dir.path) if resume else None  # refused before any work if there is none
 
@@ -49,17 +51,21 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
     if context.is_main:
         task.save_beside(run_dir, prepared)
     initialised = metadata.get("initialized_from_teacher")
+    alone = config.train.parallel == "fsdp" and not context.active
     for line in (task.describe(prepared), source_note, initialised and f"student initialised: {initialised}",
-                 "adapters" in metadata and describe_adapters(metadata["adapters"])):
+                 "adapters" in metadata and describe_adapters(metadata["adapters"]),
+                 alone and "train.parallel: fsdp shards the models across torchrun's processes; with one process "
+                           "it trains as usual"):
         if line:
             note(line)
 
     # Fit, writing each epoch's record and last weights as it goes.
-    writer = RunWriter(run_dir, metadata, peers)
+    writer = RunWriter(run_dir, metadata, peers, context)
     try:
         result = fit(method, train_batches, task.validation_batches(config, prepared), config.train,
                      seed=config.seed, device=config.device, progress=config.progress, best=task.best,
-                     on_epoch_end=writer.after_epoch if context.is_main else None, description=metadata["role"],
+                     on_epoch_end=writer.after_epoch if context.is_main or context.fsdp else None,
+                     description=metadata["role"],
                      resume=saved, checkpointer=checkpointer_for(config, run_dir, saved, context))
     except NumericalError as error:
         last = run_dir.path / "last.safetensors"
@@ -67,11 +73,27 @@ def run_one(config: RunConfig, task: Task | None = None, *, overwrite: bool = Fa
         raise NumericalError(f"{error}{kept}") from None
 
     # Write: the best student, its test evaluation, each peer's.
-    if context.is_main:
+    if context.fsdp:
+        _finish_sharded(config, task, prepared, result, writer, context)
+    elif context.is_main:
         writer.finish(result, task.test_evaluation(config, prepared, result.model, prepared.teacher),
                       lambda peer: task.test_evaluation(config, prepared, peer, None))
     context.barrier()  # every process returns once the run directory is complete
     return run_dir.path
+
+
+def _finish_sharded(config: RunConfig, task: Task, prepared: Prepared, result, writer: RunWriter,
+                    context) -> None:
+    """The end of a sharded run: every process evaluates the sharded student on the whole test split (each forward
+    gathers its blocks from all of them, so all must run it) and sends rank 0 its shards of the weights; rank 0
+    writes. Latency is not measured: a sharded model's forward times the gathering, not the model."""
+    if config.measure_latency and context.is_main:
+        note("latency is not measured for a sharded student; `distillery evaluate` its checkpoint to measure it")
+    quiet = config.model_copy(update={"measure_latency": False})
+    evaluation = task.test_evaluation(quiet, prepared, result.model, prepared.teacher)
+    state = full_state(result.model)
+    if context.is_main:
+        writer.finish(result, evaluation, lambda peer: {}, state=state)
 
 
 def _student(config: RunConfig, task: Task, prepared: Prepared) -> tuple[nn.Module, dict[str, Any]]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -13,7 +14,8 @@ from safetensors.torch import save_file
 
 from distillery.atomic import atomic_write, atomic_write_text
 from distillery.engine.progress import EpochProgress, FitResult, TrainingLoop
-from distillery.engine.state_codec import encode, result_payload, rng_states, trainable_state
+from distillery.engine.sharded_checkpoint import optimizer_state, save_sharded
+from distillery.engine.state_codec import ShardedTensors, encode, result_payload, rng_states, trainable_state
 from distillery.engine.training_state import FORMAT, STATE_FILE, VERSION
 from distillery.errors import TrainingInterrupted
 from distillery.messages import logger
@@ -100,20 +102,30 @@ class Checkpointer:
         """Write a tensors file, then commit it by writing state.json; older tensors files are removed after.
 
         Called on every process: each sends rank 0 its RNG states and its share of the epoch's summed logs;
-        rank 0 writes and returns state.json's path, the others return None.
+        rank 0 writes and returns state.json's path, the others return None. Sharded models (FSDP) are saved
+        without gathering: every process writes its shards of the weights, moments and best weights into
+        ``sharded-<n>/``, and rank 0 the rest.
         """
         trainer = self._trainer
+        sharded = trainer.distributed.fsdp
         ranks = trainer.distributed.gather({"rng": rng_states(), "seen": progress.seen,
                                             "totals": {name: total.cpu() for name, total in progress.totals.items()}})
         self.saves += 1
-        if not trainer.distributed.is_main:
+        if not trainer.distributed.is_main and not sharded:
             return None
-        payload = {"model": trainable_state(trainer.method), "optimizer": trainer.optimizer.state_dict(),
+        optimizer = (optimizer_state(trainer.method, trainer.optimizer) if sharded
+                     else trainer.optimizer.state_dict())
+        payload = {"model": trainable_state(trainer.method), "optimizer": optimizer,
                    "scheduler": trainer.scheduler.state_dict() if trainer.scheduler is not None else None,
                    "ranks": ranks, "result": result_payload(self._result), "progress": {"lr": progress.lr}}
         tensors: dict[str, torch.Tensor] = {}
-        encoded = encode(payload, tensors, "state")
+        shards = ShardedTensors() if sharded else None
+        encoded = encode(payload, tensors, "state", shards)
         name = f"tensors-{self.saves}.safetensors"
+        if shards is not None:
+            save_sharded(shards, self.directory / f"sharded-{self.saves}")  # every process its own shards
+        if not trainer.distributed.is_main:
+            return None
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.directory / name, lambda path: save_file(tensors, str(path)))
         document = {"format": FORMAT, "version": VERSION, "tensors": name, "saves": self.saves,
@@ -123,8 +135,11 @@ class Checkpointer:
                     "data_order": {"seed": getattr(self._batches, "seed", None), "epoch": epoch,
                                    "position": progress.step},
                     "payload": encoded}
+        if shards is not None:
+            document["sharded"] = {"directory": f"sharded-{self.saves}",
+                                   "shapes": {key: list(value.shape) for key, value in payload["model"].items()}}
         atomic_write_text(self.directory / STATE_FILE, json.dumps(document))
-        for old in self.directory.glob("tensors-*.safetensors"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        for old in [*self.directory.glob("tensors-*.safetensors"), *self.directory.glob("sharded-*")]:
+            if old.name not in (name, f"sharded-{self.saves}"):
+                shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
         return self.directory / STATE_FILE

@@ -5,7 +5,9 @@ Under ``torchrun`` every process builds the same data, models and method from th
 * each global batch (``train.batch_size``) is cut into one contiguous shard per process, so the shards of
   a step together are exactly the batch a single process would train on;
 * the trainable part of the method (student, adapters, heads, peers) is wrapped in one
-  ``DistributedDataParallel`` module; teachers stay frozen copies outside it;
+  ``DistributedDataParallel`` module; teachers stay frozen copies outside it. With ``train.parallel: fsdp``
+  (:attr:`DistributedContext.fsdp`) the models are sharded instead (:mod:`distillery.engine.fsdp`), and every
+  process runs a forward for every evaluation batch too (each forward is a collective);
 * train and validation sums are added over the processes, so every process logs the same numbers;
 * only rank 0 writes files; :meth:`DistributedContext.main_first` lets it build a shared file (the
   teacher-output cache) before the others read it.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, TypeVar
 
 import torch
@@ -51,6 +53,11 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0  # the process's number on its own machine: its GPU
+    fsdp: bool = False  # the models are sharded (FSDP2) rather than replicated (DDP)
+
+    def sharded(self, parallel: str) -> "DistributedContext":
+        """This context for ``train.parallel``: ``fsdp`` shards the models when there are several processes."""
+        return replace(self, fsdp=parallel == "fsdp" and self.active)
 
     @property
     def active(self) -> bool:
@@ -81,11 +88,12 @@ class DistributedContext:
         size = getattr(batches, "batch_size", None)
         if training and isinstance(size, int):
             self.check_global_batch(size)
-        return ShardedBatches(batches, self.rank, self.world_size, training=training)
+        return ShardedBatches(batches, self.rank, self.world_size, training=training, lockstep=self.fsdp)
 
     def wrap(self, method: "Method", device: torch.device) -> Callable[..., Any]:
-        """What a training step calls: ``method.step``, or, with several processes, its DDP-wrapped trainable part."""
-        if not self.active:
+        """What a training step calls: ``method.step`` (also for sharded models, whose gradients FSDP reduces), or,
+        with several processes, its DDP-wrapped trainable part."""
+        if not self.active or self.fsdp:
             return method.step
         return DistributedDataParallel(TrainableStep(method), device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -186,15 +194,18 @@ class ShardedBatches:
     The order comes from ``batches`` (seeded, the same on every process), so the shards of one step
     together are the single-process batch. ``share`` is (samples, global batch size) of the last shard.
     A training shard left empty by a small last batch is that batch's first sample with weight zero
-    (every process must step, for DDP); an empty evaluation shard is skipped.
+    (every process must step, for DDP); an empty evaluation shard is skipped, or, with ``lockstep`` (sharded
+    models: every process must run every forward), that sample with nothing counted (labels -1, mask off).
 
     Example::
 
         shards = ShardedBatches(BatchIterator(train, 128, shuffle=True), rank=1, world_size=4, training=True)
     """
 
-    def __init__(self, batches: Iterable, rank: int, world_size: int, *, training: bool) -> None:
+    def __init__(self, batches: Iterable, rank: int, world_size: int, *, training: bool,
+                 lockstep: bool = False) -> None:
         self.batches, self.rank, self.world_size, self.training = batches, rank, world_size, training
+        self.lockstep = lockstep
         self.share = (0, 0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -211,13 +222,22 @@ class ShardedBatches:
             bounds = torch.arange(global_size).tensor_split(self.world_size)[self.rank]
             samples = len(bounds)
             if samples == 0:
-                if not self.training:
+                if not self.training and not self.lockstep:
                     continue
                 shard = batch.rows(slice(0, 1))
+                if not self.training:
+                    shard = uncounted(shard)
             else:
                 shard = batch.rows(slice(int(bounds[0]), int(bounds[-1]) + 1))
             self.share = (samples, global_size)
             yield shard
+
+
+def uncounted(batch: Batch) -> Batch:
+    """``batch`` with nothing counted: every label -1 and the mask off (a forward for a sharded model's sake)."""
+    labels = torch.full_like(batch.labels, -1) if batch.labels is not None else None
+    mask = torch.zeros_like(batch.mask) if batch.mask is not None else None
+    return replace(batch, labels=labels, mask=mask)
 
 
 class TrainableStep(nn.Module):

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from distillery.atomic import atomic_write_text
@@ -97,8 +98,9 @@ class RunDirectory:
         with open(self.path / "metrics.jsonl", "a") as stream:
             stream.write(json.dumps(record) + "\n")
 
-    def save_model(self, stem: str, model: nn.Module, metadata: dict[str, Any]) -> Path:
-        return save_checkpoint(self.path / stem, model, metadata)
+    def save_model(self, stem: str, model: nn.Module, metadata: dict[str, Any],
+                   state: dict[str, torch.Tensor] | None = None) -> Path:
+        return save_checkpoint(self.path / stem, model, metadata, state=state)
 
     def save_tokenizer(self, tokenizer: Any) -> Path:
         """A language model's tokenizer in ``tokenizer/`` (``save_pretrained``), written beside and renamed into

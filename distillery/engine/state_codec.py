@@ -9,51 +9,77 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 from distillery.engine.progress import FitResult, PeerBest
 
-# How containers JSON has no form for are written: a tensor by its key in the safetensors file, a tuple,
-# and a dict keyed by integers (an optimiser's per-parameter state).
-TENSOR, TUPLE, INT_KEYS = "__tensor__", "__tuple__", "__int_keys__"
+# How containers JSON has no form for are written: a tensor by its key in the safetensors file, a sharded tensor
+# by its key in the sharded checkpoint, a tuple, and a dict keyed by integers (an optimiser's per-parameter state).
+TENSOR, SHARDED, TUPLE, INT_KEYS = "__tensor__", "__sharded__", "__tuple__", "__int_keys__"
 
 
-def encode(value: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
-    """``value`` as JSON-ready data; every tensor in it moves to ``tensors`` under a key derived from ``key``.
+class ShardedTensors(dict):
+    """Sharded tensors (DTensors) by key, as ``torch.distributed.checkpoint`` saves and loads them: each process
+    its own shards. One that shares memory with a tensor already held (tied weights) is held as a copy, since
+    safetensors refuses shared memory; the keys are the same on every process whatever their shards hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._held: set[tuple[int, int]] = set()
+
+    def hold(self, key: str, tensor: torch.Tensor) -> None:
+        local = tensor.to_local()
+        where = (local.data_ptr(), local.numel())
+        if local.numel() and where in self._held:
+            tensor = tensor.detach().clone()
+        self._held.add(where)
+        self[key] = tensor.detach()
+
+
+def encode(value: Any, tensors: dict[str, torch.Tensor], key: str, sharded: ShardedTensors | None = None) -> Any:
+    """``value`` as JSON-ready data; every tensor in it moves to ``tensors`` under a key derived from ``key``, and,
+    given ``sharded``, every sharded tensor (DTensor) to ``sharded``, uncopied.
 
     Example: ``encode({"w": torch.ones(2)}, tensors, "model") == {"w": {"__tensor__": "model/w"}}``
     """
+    if sharded is not None and isinstance(value, DTensor):
+        sharded.hold(key, value)
+        return {SHARDED: key}
     if isinstance(value, torch.Tensor):
         # A clone per tensor: safetensors refuses tensors that share storage (tied weights).
         tensors[key] = value.detach().cpu().contiguous().clone()
         return {TENSOR: key}
     if isinstance(value, dict):
         if all(isinstance(name, str) for name in value):
-            return {name: encode(item, tensors, f"{key}/{name}") for name, item in value.items()}
-        return {INT_KEYS: [[int(name), encode(item, tensors, f"{key}/{name}")] for name, item in value.items()]}
+            return {name: encode(item, tensors, f"{key}/{name}", sharded) for name, item in value.items()}
+        return {INT_KEYS: [[int(name), encode(item, tensors, f"{key}/{name}", sharded)]
+                           for name, item in value.items()]}
     if isinstance(value, tuple):
-        return {TUPLE: [encode(item, tensors, f"{key}/{index}") for index, item in enumerate(value)]}
+        return {TUPLE: [encode(item, tensors, f"{key}/{index}", sharded) for index, item in enumerate(value)]}
     if isinstance(value, list):
-        return [encode(item, tensors, f"{key}/{index}") for index, item in enumerate(value)]
+        return [encode(item, tensors, f"{key}/{index}", sharded) for index, item in enumerate(value)]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"the training state cannot hold a {type(value).__name__} (at {key})")  # a bug, not a user error
 
 
-def decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    """The inverse of :func:`encode`. Example: ``decode(encode(state, tensors, "s"), tensors)`` equals ``state``."""
+def decode(value: Any, tensors: dict[str, torch.Tensor], sharded: dict[str, torch.Tensor] | None = None) -> Any:
+    """The inverse of :func:`encode`. Example: ``decode(encode(state, tensors, "s"), tensors)`` equals ``state``.
+    Raises KeyError naming a tensor that neither ``tensors`` nor ``sharded`` holds."""
     if isinstance(value, list):
-        return [decode(item, tensors) for item in value]
+        return [decode(item, tensors, sharded) for item in value]
     if not isinstance(value, dict):
         return value
-    if set(value) == {TENSOR}:
-        if value[TENSOR] not in tensors:
-            raise KeyError(value[TENSOR])
-        return tensors[value[TENSOR]]
+    for marker, held in ((TENSOR, tensors), (SHARDED, sharded or {})):
+        if set(value) == {marker}:
+            if value[marker] not in held:
+                raise KeyError(value[marker])
+            return held[value[marker]]
     if set(value) == {TUPLE}:
-        return tuple(decode(item, tensors) for item in value[TUPLE])
+        return tuple(decode(item, tensors, sharded) for item in value[TUPLE])
     if set(value) == {INT_KEYS}:
-        return {int(name): decode(item, tensors) for name, item in value[INT_KEYS]}
-    return {name: decode(item, tensors) for name, item in value.items()}
+        return {int(name): decode(item, tensors, sharded) for name, item in value[INT_KEYS]}
+    return {name: decode(item, tensors, sharded) for name, item in value.items()}
 
 
 def rng_states() -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 ``<run>/state/`` holds ``tensors-<n>.safetensors`` (the method's trainable modules, optimiser moments, the
 best weights so far, every process's RNG states, the epoch's summed logs) and ``state.json`` (positions, schedules,
-history, and the name of its tensors file). ``state.json`` is written last and atomically: it is the commit
+history, and the name of its tensors file). A sharded run (``train.parallel: fsdp``) keeps its weights, moments and
+best weights in ``sharded-<n>/`` instead, each process's shards in a file of its own
+(:mod:`distillery.engine.sharded_checkpoint`). ``state.json`` is written last and atomically: it is the commit
 marker, so a crash while saving leaves the previous complete state. Nothing is pickled or unpickled.
 See docs/run-directory.md.
 """
@@ -18,8 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from distillery.engine.progress import EpochProgress, FitResult, TrainingLoop
-from distillery.engine.state_codec import (TENSOR, decode, frozen_keys, result_from, set_rng_states,
-                                          trainable_state)
+from distillery.engine.sharded_checkpoint import load_optimizer_state, load_sharded, optimizer_state
+from distillery.engine.state_codec import (TENSOR, ShardedTensors, changing_state, decode, encode, frozen_keys,
+                                          result_from, set_rng_states, trainable_state)
 from distillery.errors import CheckpointError, RunExistsError
 
 FORMAT = "distillery-training-state"
@@ -54,9 +57,14 @@ class SavedState:
         """The epoch records up to the saved state (plain JSON: they hold no tensors)."""
         return self.document["payload"]["result"]["history"]
 
-    def payload(self) -> dict[str, Any]:
+    @property
+    def sharded(self) -> dict[str, Any] | None:
+        """Where a sharded (FSDP) run's shards are and the student's whole shapes, or None."""
+        return self.document.get("sharded")
+
+    def payload(self, shards: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
         try:
-            return decode(self.document["payload"], self.tensors)
+            return decode(self.document["payload"], self.tensors, shards)
         except KeyError as missing:
             raise CheckpointError(f"{self.path} lacks the tensor {missing}; the training state is damaged, "
                                   "start the run again with --overwrite") from None
@@ -65,7 +73,8 @@ class SavedState:
         """Load weights, optimiser, schedule, step count and RNG states into ``trainer``; returns the result so
         far, the epoch to continue with, and that epoch's progress (None: it starts from its first batch)."""
         self.check_world_size(trainer.distributed.world_size)
-        payload, position = self.payload(), self.document["position"]
+        payload = self._sharded_payload(trainer) if self.sharded else self.payload()
+        position = self.document["position"]
         if position["epochs"] != trainer.epochs:
             raise CheckpointError(f"{self.path} was saved by a run of {position['epochs']} epochs, not "
                                   f"{trainer.epochs}; resume with the run's own config.yaml")
@@ -87,22 +96,46 @@ class SavedState:
             raise CheckpointError(f"{self.path} was saved by a run of {self.world_size} process(es), but this one has "
                                   f"{world_size}; resume with {how}, as the run started")
 
-    def check_fits(self, method: torch.nn.Module, world_size: int = 1) -> None:
-        """Refuse, before anything is written, a state saved for other modules (the config was edited) or for
-        another number of processes."""
+    def check_fits(self, method: torch.nn.Module, world_size: int = 1, sharded: bool = False) -> None:
+        """Refuse, before anything is written, a state saved for other modules (the config was edited), for
+        another number of processes, or sharded when the run is not (or the reverse)."""
         self.check_world_size(world_size)
+        if sharded != bool(self.sharded):
+            saved_as, now = ("fsdp", "ddp") if self.sharded else ("ddp", "fsdp")
+            raise CheckpointError(f"{self.path} was saved by a run with train.parallel: {saved_as}, but this one "
+                                  f"has {now}; resume with the run's own config.yaml")
         expected = {key: tuple(value.shape) for key, value in trainable_state(method).items()}
-        saved = {key: tuple(self.tensors[ref[TENSOR]].shape) if isinstance(ref, dict) and ref.get(TENSOR) in self.tensors
-                 else None for key, ref in self.document["payload"]["model"].items()}
+        if self.sharded:
+            saved = {key: tuple(shape) for key, shape in self.sharded["shapes"].items()}
+        else:
+            saved = {key: tuple(self.tensors[ref[TENSOR]].shape)
+                     if isinstance(ref, dict) and ref.get(TENSOR) in self.tensors else None
+                     for key, ref in self.document["payload"]["model"].items()}
         if saved != expected:
             differing = sorted(key for key in expected.keys() | saved.keys() if expected.get(key) != saved.get(key))
             raise CheckpointError(f"{self.path} does not fit this run's model (it differs at {differing[:3]}); "
                                   "resume with the run's own config.yaml")
 
+    def _sharded_payload(self, trainer: TrainingLoop) -> dict[str, Any]:
+        """The payload with its sharded tensors read by every process, each its own shards, into tensors laid out
+        like the run's: its weights (read in place), a fresh optimiser's moments and room for the best weights."""
+        method = trainer.method
+        best = self.document["payload"]["result"].get("best_state")
+        live = {"model": trainable_state(method), "optimizer": optimizer_state(method, trainer.optimizer),
+                "result": {"best_state": None if best is None else
+                           {key: torch.empty_like(value) for key, value in changing_state(method.student).items()}}}
+        shards = ShardedTensors()
+        encode(live, {}, "state", shards)
+        load_sharded(shards, self.path.parent / Path(self.sharded["directory"]).name)
+        return self.payload(shards)
+
     def _load_modules(self, trainer: TrainingLoop, payload: dict[str, Any]) -> None:
         try:
             missing, unexpected = trainer.method.load_state_dict(payload["model"], strict=False)
-            trainer.optimizer.load_state_dict(payload["optimizer"])
+            if self.sharded:
+                load_optimizer_state(trainer.method, trainer.optimizer, payload["optimizer"])
+            else:
+                trainer.optimizer.load_state_dict(payload["optimizer"])
             if trainer.scheduler is not None:
                 trainer.scheduler.load_state_dict(payload["scheduler"])
         except (RuntimeError, ValueError, KeyError) as error:
@@ -176,4 +209,8 @@ def _shape_problem(document: dict[str, Any]) -> str | None:
             return f"{'.'.join(path)} is missing or not a {types[0].__name__}"
     if not 1 <= len(document["payload"]["ranks"]) == document["world_size"]:
         return "payload.ranks does not hold one entry per process"
+    sharded = document.get("sharded")
+    if sharded is not None and not (isinstance(sharded, dict) and isinstance(sharded.get("directory"), str)
+                                    and isinstance(sharded.get("shapes"), dict)):
+        return "sharded is not a directory and the student's shapes"
     return None

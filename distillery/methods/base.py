@@ -168,6 +168,11 @@ class Method(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
 
+    def fsdp_refusal(self) -> str | None:
+        """Why this method, as configured, cannot run sharded (``train.parallel: fsdp``), or None. Every forward of a
+        sharded model is a collective, so a step whose forwards differ between processes cannot be sharded."""
+        return None
+
     def set_epoch(self, epoch: int) -> None:
         """Told at the start of every epoch (counted from 1); methods with schedules override it."""
 

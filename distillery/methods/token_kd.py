@@ -142,6 +142,11 @@ class TokenDistillation(Method):
         """Whether the teacher is seen through top-k or sampled targets rather than its whole distribution."""
         return self.top_k is not None or self.teacher_samples is not None or self.cached is not None
 
+    def fsdp_refusal(self) -> str | None:
+        if self.on_policy > 0:
+            return "on_policy: each process's student writes text of its own length, so their forwards differ"
+        return None
+
     def use_cached_targets(self, targets) -> None:
         """Read the teacher's top-k or sampled targets by block index (a
         :class:`~distillery.teachers.token_targets.TokenTargets` of this method's kind) instead of running the

@@ -18,8 +18,10 @@ FORMAT = "distillery-checkpoint"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
 
 
-def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any]) -> Path:
-    """Write ``stem.safetensors`` (the model's weights only) and then ``stem.json``; returns the weights path.
+def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any],
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``stem.safetensors`` (the model's weights only: ``state``, else its ``state_dict()``) and then
+    ``stem.json``; returns the weights path.
 
     The JSON is written last, so its presence means the weights beside it are complete.
 
@@ -30,7 +32,8 @@ def save_checkpoint(stem: str | Path, model: nn.Module, metadata: dict[str, Any]
     stem = Path(stem)
     weights_path = stem.with_suffix(".safetensors")
     # Clone so tensors that share storage (tied weights) can be serialised.
-    tensors = {name: value.detach().cpu().contiguous().clone() for name, value in model.state_dict().items()}
+    state = model.state_dict() if state is None else state
+    tensors = {name: value.detach().cpu().contiguous().clone() for name, value in state.items()}
     atomic_write(weights_path, lambda p: save_file(tensors, str(p)))
     document = {"format": FORMAT, "version": 1, **metadata}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(document, indent=2))

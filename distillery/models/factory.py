@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from safetensors.torch import save as safetensors_save
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from distillery.errors import ConfigError, ModelError
 from distillery.models.adapters import add_lora, lora_settings
@@ -126,9 +127,12 @@ def size_on_disk_bytes(model: nn.Module) -> int:
 
     Example: `size_on_disk_bytes(mlp((4,), 2, hidden=[3]))` is 23 float32 values plus a small header.
     """
+    state = model.state_dict()
+    if any(isinstance(tensor, DTensor) for tensor in state.values()):
+        return _sharded_size_bytes(model, state)
     tensors: dict[str, torch.Tensor] = {}
     seen: set[tuple[Any, ...]] = set()
-    for key, tensor in model.state_dict().items():
+    for key, tensor in state.items():
         # Tied weights appear under several names but are stored once by safetensors' save_model.
         identity = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
         if tensor.numel() > 0 and identity in seen:
@@ -136,4 +140,14 @@ def size_on_disk_bytes(model: nn.Module) -> int:
         seen.add(identity)
         # A copy, because safetensors refuses tensors that share memory (views of one buffer).
         tensors[key] = tensor.detach().to("cpu", copy=True).contiguous()
+    return len(safetensors_save(tensors))
+
+
+def _sharded_size_bytes(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """:func:`size_on_disk_bytes` of a model sharded by FSDP (a collective: every process calls it). Each tensor is
+    gathered whole; tied weights are told by parameter names, the same on every process (their shards are not)."""
+    unique = {name for name, _ in model.named_parameters()}
+    aliases = {name for name, _ in model.named_parameters(remove_duplicate=False)} - unique
+    tensors = {key: (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach().to("cpu", copy=True)
+               .contiguous() for key, tensor in state.items() if key not in aliases}
     return len(safetensors_save(tensors))

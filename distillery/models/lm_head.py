@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,13 @@ class SplitModel:
 
 def split_causal_lm(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> SplitModel | None:
     """``model`` split into body and head, or None when it cannot be: not a transformers causal LM, an output
-    projection that is not a plain linear layer (LoRA on the head), or logits that are more than the head's
-    projection of the body's last hidden states (soft-capping, scaling). The last is checked on ``inputs`` (one
-    batch's first row, without gradients, in eval mode), so whatever the architecture does, a split that is used
-    gives the model's own logits."""
+    projection that is not a plain linear layer (LoRA on the head), a model sharded by FSDP (its head's weight is
+    whole only inside the model's own forward), or logits that are more than the head's projection of the body's
+    last hidden states (soft-capping, scaling). The last is checked on ``inputs`` (one batch's first row, without
+    gradients, in eval mode), so whatever the architecture does, a split that is used gives the model's own
+    logits."""
+    if any(isinstance(part, FSDPModule) for part in model.modules()):
+        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's inner model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     body = getattr(base, "base_model", base)

@@ -71,6 +71,13 @@ class RunConfig(Strict):
                              "teacher); set transfer.labels: true")
         return self
 
+    @model_validator(mode="after")
+    def _generations_are_not_sharded(self) -> "RunConfig":
+        if self.train.parallel == "fsdp" and self.distill is not None and self.distill.generations is not None:
+            raise ValueError("born-again generations (distill.generations) run with train.parallel: ddp; remove "
+                             "parallel: fsdp")
+        return self
+
     @field_validator("model")
     @classmethod
     def _model_has_name(cls, value: dict[str, Any]) -> dict[str, Any]:

@@ -96,6 +96,20 @@ class TrainConfig(Strict):
     checkpoint_every_steps: Optional[int] = Field(
         None, ge=1, description="save the full training state (for --resume) every this many steps, "
                                 "besides after every epoch")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp holds the whole student, optimiser and teacher in every process; "
+                           "fsdp shards them across the processes (FSDP2)")
+    fsdp_blocks: Optional[list[str]] = Field(
+        None, description="with parallel: fsdp, the class names of the blocks sharded one at a time (default: "
+                          "a Hugging Face model's _no_split_modules; other models are sharded whole)")
+
+    @model_validator(mode="after")
+    def _sharding_agrees(self) -> "TrainConfig":
+        if self.fsdp_blocks is not None and self.parallel != "fsdp":
+            raise ValueError("fsdp_blocks names the blocks FSDP shards; set parallel: fsdp, or remove it")
+        if self.parallel == "fsdp" and self.compile:
+            raise ValueError("compile and parallel: fsdp are not supported together; remove one")
+        return self
 
 
 class TransferConfig(Strict):

@@ -11,8 +11,10 @@ from distillery.app.config import TrainConfig
 from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine import BestEpoch, Trainer, build_optimizer, build_scheduler, compile_student, peer_record, resolve_device
 from distillery.engine.distributed import setup_distributed
+from distillery.engine.fsdp import shard_method
 from distillery.engine.state_codec import load_changing_state
 from distillery.errors import DataError
+from distillery.messages import note
 from distillery.methods import Method
 
 
@@ -59,17 +61,22 @@ def fit(method: Method, train_data: Any, val_data: Any, train: TrainConfig, *, s
     precision, compile, gradient clipping); how every run fits, config-driven or in memory.
 
     ``best`` chooses the best epoch by a validation metric (the task's). Under torchrun it trains data-parallel:
-    ``train.batch_size`` (or the given loader's) is the global batch. ``checkpointer`` (an
+    ``train.batch_size`` (or the given loader's) is the global batch; with ``train.parallel: fsdp`` the
+    method's models are sharded (:mod:`distillery.engine.fsdp`) and the returned models stay sharded. ``checkpointer`` (an
     :class:`distillery.engine.checkpointer.Checkpointer`) saves the full training state as training goes (under
     torchrun, give every process one: they stop and save together); ``resume`` (a state read with
     ``read_training_state``) continues from one.
     """
-    context = setup_distributed(device)
+    context = setup_distributed(device).sharded(train.parallel)
     train_batches = context.shard(as_batches(train_data, train.batch_size, shuffle=True, seed=seed), training=True)
     val_batches = (context.shard(as_batches(val_data, max(train.batch_size, 512), shuffle=False, seed=seed),
                                  training=False) if val_data is not None else None)
     steps_per_epoch = _steps_per_epoch(train_batches, train.schedule)
     target = context.place(resolve_device(device))
+    if context.fsdp:  # before moving (each device gets its shards only) and before the optimiser (it holds them)
+        for line in shard_method(method, target, precision=train.precision, blocks=train.fsdp_blocks):
+            if context.is_main:
+                note(f"FSDP: {line}")
     method.to(target)
     if train.compile:
         compile_student(method)

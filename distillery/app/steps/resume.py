@@ -47,7 +47,7 @@ def start_or_resume(run_dir: RunDirectory, config: RunConfig, method, saved: Sav
     if config.train.compile:
         check_compilable(method)
     if saved is not None:
-        saved.check_fits(method, context.world_size)  # on every process: each loads its own part of the state
+        saved.check_fits(method, context.world_size, context.fsdp)  # on every process: each loads its own part
     if saved is None:
         context.main_only(lambda: run_dir.start(dump_config(config)))
     else:

@@ -11,6 +11,8 @@ from distillery.app.steps.prepared_data import PreparedData
 from distillery.app.steps.fit import Result
 from distillery.app.steps.resume import discard_state
 from distillery.engine import RunDirectory, peer_record
+from distillery.engine.distributed import SINGLE_PROCESS, DistributedContext
+from distillery.engine.fsdp import full_state
 from distillery.models import count_parameters
 
 
@@ -41,28 +43,34 @@ class RunWriter:
     """
 
     def __init__(self, run_dir: RunDirectory, metadata: dict[str, Any],
-                 peer_architectures: dict[str, dict[str, Any]]) -> None:
+                 peer_architectures: dict[str, dict[str, Any]], context: DistributedContext = SINGLE_PROCESS) -> None:
         self.run_dir = run_dir
         self.metadata = metadata
         self.peer_architectures = peer_architectures
+        self.context = context
 
     def after_epoch(self, record: dict[str, Any], trainer) -> None:
+        """On rank 0; with sharded models on every process, which all send rank 0 their shards of the weights."""
+        state = full_state(trainer.method.student) if self.context.fsdp else None
+        if not self.context.is_main:
+            return
         self.run_dir.append_metrics(record)
-        self.run_dir.save_model("last", trainer.method.student, {**self.metadata, "epoch": record["epoch"]})
+        self.run_dir.save_model("last", trainer.method.student, {**self.metadata, "epoch": record["epoch"]},
+                                state=state)
         for name in self.peer_architectures:
             self.run_dir.peer(name).append_metrics(peer_record(record, name))
 
     def finish(self, result: Result, evaluation: dict[str, Any],
-               evaluate_peer: Callable[[nn.Module], dict[str, Any]]) -> None:
-        """The best student's test ``evaluation`` and checkpoint (and each peer's, evaluated by ``evaluate_peer``);
-        the training state goes."""
+               evaluate_peer: Callable[[nn.Module], dict[str, Any]], state: dict[str, Any] | None = None) -> None:
+        """The best student's test ``evaluation`` and checkpoint (its whole ``state`` where its model is sharded;
+        and each peer's, evaluated by ``evaluate_peer``); the training state goes."""
         if result.peers:
             evaluation["peers"] = save_peers(self.run_dir, result, self.metadata, self.peer_architectures,
                                              evaluate_peer)
         self.run_dir.write_evaluation({"name": self.run_dir.path.name, "role": self.metadata["role"],
                                        "split": "test", **evaluation})
         self.run_dir.save_model("model", result.model, {**self.metadata, "epoch": result.best_epoch,
-                                                        "metrics": result.metrics})
+                                                        "metrics": result.metrics}, state=state)
         discard_state(self.run_dir)
 
 

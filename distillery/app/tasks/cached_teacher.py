@@ -19,6 +19,7 @@ from distillery.app.config.sections import TeacherSpec
 from distillery.atomic import atomic_write_text
 from distillery.cache_dir import default_cache_dir
 from distillery.data.text import TokenBlocks
+from distillery.engine.distributed import is_main_process
 from distillery.errors import ConfigError, ModelError
 from distillery.models.checkpoint_files import resolve_checkpoint
 from distillery.teachers.cache import cache_key, data_key
@@ -106,6 +107,8 @@ def read_teacher_scores(teacher_key: str, test: TokenBlocks) -> dict[str, Any] |
 
 
 def write_teacher_scores(teacher_key: str, test: TokenBlocks, scores: dict[str, Any]) -> None:
+    if not is_main_process():
+        return  # a sharded run evaluates on every process; one writes
     path = _scores_file(teacher_key, test)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(scores, indent=2))
