@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from distillery.errors import DataError
 
@@ -76,6 +77,35 @@ def same_tokenizer(first: Any, second: Any) -> bool:
     """Whether two tokenizers map every text to the same ids: the same vocabulary and the same special tokens."""
     return len(first) == len(second) and first.get_vocab() == second.get_vocab() and \
         first.special_tokens_map == second.special_tokens_map
+
+
+@dataclass(frozen=True)
+class EncodingDifference:
+    """Where two tokenizers first part ways on a text: the text of the first differing token of the first one and
+    its neighbours, and the ids each tokenizer gives there (from the token before the first difference on)."""
+
+    text: str
+    first_ids: list[int]
+    second_ids: list[int]
+
+
+def first_encoding_difference(first: Any, second: Any, texts: Iterable[str]) -> EncodingDifference | None:
+    """The first place where ``first`` and ``second`` encode one of ``texts`` to different ids, or None when they
+    encode every text alike (two tokenizers whose files differ, in an unused special token or a setting, may still
+    cut all of a data set's text the same)."""
+    for text in texts:
+        ours = first(text, add_special_tokens=False, return_offsets_mapping=True)
+        theirs = second(text, add_special_tokens=False)["input_ids"]
+        if ours["input_ids"] == theirs:
+            continue
+        at = next((index for index, (a, b) in enumerate(zip(ours["input_ids"], theirs)) if a != b),
+                  min(len(ours["input_ids"]), len(theirs)))
+        offsets = ours["offset_mapping"]
+        start = offsets[max(at - 1, 0)][0] if offsets else 0
+        end = offsets[min(at + 1, len(offsets) - 1)][1] if offsets else len(text)
+        window = slice(max(at - 1, 0), at + 2)
+        return EncodingDifference(text[start:end] or text[:40], ours["input_ids"][window], theirs[window])
+    return None
 
 
 def train_tokenizer(texts: list[str | Path], vocabulary: int, folder: str | Path) -> Path:

@@ -13,8 +13,9 @@ from distillery.app.config import DataConfig, RunConfig
 from distillery.app.config.sections import TeacherSpec
 from distillery.app.steps.prepared_data import split_off_validation
 from distillery.data.text import TokenBlocks, load_text_blocks
-from distillery.data.tokenizer import load_tokenizer, same_tokenizer
+from distillery.data.tokenizer import first_encoding_difference, load_tokenizer, same_tokenizer
 from distillery.errors import ConfigError, DataError
+from distillery.messages import note
 from distillery.models.checkpoint import load_model
 from distillery.models.checkpoint_files import resolve_checkpoint
 from distillery.models.text_transformers import load_transformer
@@ -105,16 +106,38 @@ def load_language_teacher(teacher: str | TeacherSpec, allow_factories: set[str],
     return model.eval(), metadata
 
 
-def check_tokenizers(data: Any, teacher_tokenizer_path: str | None) -> None:
-    """Refuse, in one line naming both, a data tokenizer that is not the teacher's: the same text would be
-    different token ids to the two models, and their next-token distributions would not be comparable."""
+def check_tokenizers(data: Any, teacher_tokenizer_path: str | None, sample: int = 512) -> None:
+    """Refuse, in one line naming both and the first text they encode differently, a data tokenizer that is not the
+    teacher's: the same text would be different token ids to the two models, and their next-token distributions
+    would not be comparable. Tokenizers whose files differ (another size, an unused special token) but that encode
+    the data's text alike (its first ``sample`` training and test rows, decoded) are accepted, with a note."""
     if teacher_tokenizer_path is None or Path(teacher_tokenizer_path) == Path(data.tokenizer_path):
         return
     teacher_tokenizer = load_tokenizer(teacher_tokenizer_path)
-    if not same_tokenizer(teacher_tokenizer, data.tokenizer):
-        raise ConfigError(f"the teacher's tokenizer ({teacher_tokenizer_path}, {len(teacher_tokenizer)} tokens) is "
-                          f"not the data's ({data.tokenizer_path}, {len(data.tokenizer)} tokens); token-level "
-                          "distillation needs one tokenizer: leave data.tokenizer out to use the teacher's")
+    if same_tokenizer(teacher_tokenizer, data.tokenizer):
+        return
+    texts = _decoded_rows(data, sample)
+    named = (f"the teacher's tokenizer ({teacher_tokenizer_path}, {len(teacher_tokenizer)} tokens) and the data's "
+             f"({data.tokenizer_path}, {len(data.tokenizer)} tokens)")
+    difference = first_encoding_difference(teacher_tokenizer, data.tokenizer, texts)
+    if difference is not None:
+        raise ConfigError(f"{named} encode {difference.text!r} differently ({difference.first_ids} against "
+                          f"{difference.second_ids}); token-level distillation needs one tokenizer: leave "
+                          "data.tokenizer out to use the teacher's")
+    note(f"{named} differ in their files but encode the {len(texts)} texts checked (the data's first rows) alike: "
+         "distilled as one tokenizer")
+
+
+def _decoded_rows(data: Any, sample: int) -> list[str]:
+    """The text of the first ``sample`` training and test rows (token blocks or tokenised texts), padding left out."""
+    texts = []
+    for part in (data.train, data.test):
+        ids = part.tokens if hasattr(part, "tokens") else part.input_ids
+        kept = part.attention if getattr(part, "attention", None) is not None else torch.ones_like(ids, dtype=torch.bool)
+        for row, keep in zip(ids[:sample], kept[:sample]):
+            row = row[:keep.shape[0]][keep] if keep.shape[0] <= row.shape[0] else row
+            texts.append(data.tokenizer.decode(row.tolist()))
+    return texts
 
 
 def check_vocabulary(data: TokenData, vocabulary: int, who: str) -> None:
