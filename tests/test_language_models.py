@@ -237,10 +237,11 @@ def test_another_tokenizer_than_the_teachers_is_refused_in_one_line(tmp_path, pr
     assert not (tmp_path / "run").exists()
 
 
-def test_a_student_vocabulary_other_than_the_teachers_is_refused(tmp_path, pretrained_teacher):
-    config = lm_config(tmp_path / "run", model={"name": "causal_lm", "config": tiny_config("gpt2", vocabulary=500)},
+def test_a_student_vocabulary_smaller_than_the_tokenizer_is_refused(tmp_path, pretrained_teacher):
+    """A larger one is a padded head (tests/test_padded_heads.py); a smaller one has no row for some tokens."""
+    config = lm_config(tmp_path / "run", model={"name": "causal_lm", "config": tiny_config("gpt2", vocabulary=200)},
                        distill={"teacher": {"huggingface": str(pretrained_teacher)}, "method": "token_kd"})
-    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", config)), "vocab_size (500)", "300")
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", config)), "vocab_size (200)", "300 tokens")
 
 
 def test_image_options_on_text_data_are_refused(tmp_path, tokenizer_dir):

@@ -23,7 +23,8 @@ def language_model_metrics(model: nn.Module, batches: Iterable, *, teacher: nn.M
     each batch counts (mask, labels >= 0), and ``tokens``, their number.
     With a ``teacher``, also ``agreement`` (the share of positions where both predict the same token), the
     teacher's forward KL(teacher ‖ model) per token (``kl_from_teacher``, nats) and the teacher's own metrics
-    (``teacher``), all from one pass over the batches.
+    (``teacher``), all from one pass over the batches; agreement and KL over the output rows both models have (where
+    one head is padded beyond the other's, its extra rows are left out).
 
     Perplexity is taken over all counted tokens at once (exp of the mean), not averaged over blocks.
     ``block_nll`` and ``block_tokens`` list each block's NLL sum and counted tokens, in batch order: what
@@ -42,9 +43,12 @@ def language_model_metrics(model: nn.Module, batches: Iterable, *, teacher: nn.M
         if teacher is not None:
             teacher_logits = model_logits(teacher, batch.inputs).float()
             theirs.add(teacher_logits, batch.labels, keep)
-            teacher_log_probs = torch.log_softmax(teacher_logits[keep], -1)
-            agree += int((teacher_log_probs.argmax(-1) == logits[keep].argmax(-1)).sum())
-            kl += (teacher_log_probs.exp() * (teacher_log_probs - torch.log_softmax(logits[keep], -1))).sum().item()
+            # Output layers padded to different sizes over one tokenizer: compared over the rows both have.
+            width = min(teacher_logits.shape[-1], logits.shape[-1])
+            teacher_log_probs = torch.log_softmax(teacher_logits[keep][:, :width], -1)
+            compared = logits[keep][:, :width]
+            agree += int((teacher_log_probs.argmax(-1) == compared.argmax(-1)).sum())
+            kl += (teacher_log_probs.exp() * (teacher_log_probs - torch.log_softmax(compared, -1))).sum().item()
     model.train(was_training)
     metrics = ours.metrics()
     if teacher is not None:

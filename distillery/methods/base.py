@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from distillery.data.batch import Batch
+from distillery.errors import ConfigError
 from distillery.registry import Registry
 from distillery.teachers import freeze
 
@@ -167,6 +168,12 @@ class Method(nn.Module):
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.parameters() if p.requires_grad)
+
+    def use_shared_rows(self, rows: int) -> None:
+        """Told when the teacher's and the student's output layers differ in size beyond one tokenizer's ``rows``
+        tokens (padding rows); a method that compares their outputs row by row overrides it, the others refuse."""
+        raise ConfigError(f"method {self.name or type(self).__name__} needs the teacher's and the student's output "
+                          f"layers of one size; leave model.vocab_size out (the student's head follows the teacher's)")
 
     def fsdp_refusal(self) -> str | None:
         """Why this method, as configured, cannot run sharded (``train.parallel: fsdp``), or None. Every forward of a

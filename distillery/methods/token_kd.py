@@ -136,11 +136,19 @@ class TokenDistillation(Method):
         self.project_in_chunks = project_in_chunks
         # Student and teacher as body and output projection (False: cannot be split), decided on first use.
         self._student_split = self._teacher_split = None
+        self.shared_rows: int | None = None  # heads of different sizes: the rows their one tokenizer uses
 
     @property
     def sparse(self) -> bool:
         """Whether the teacher is seen through top-k or sampled targets rather than its whole distribution."""
         return self.top_k is not None or self.teacher_samples is not None or self.cached is not None
+
+    def use_shared_rows(self, rows: int) -> None:
+        """Compare the teacher and the student over their first ``rows`` output rows only: one tokenizer of ``rows``
+        tokens, and output layers padded beyond it to different sizes (Qwen-style 151,936 against 152,064 rows). The
+        padding rows, which no text ever needs, are left out of both distributions; the student's hard-label
+        cross-entropy keeps its whole head."""
+        self.shared_rows = rows
 
     def fsdp_refusal(self) -> str | None:
         if self.on_policy > 0:
@@ -165,16 +173,18 @@ class TokenDistillation(Method):
             batch = student_continuations(self.student, batch, prompt_tokens=prompt,
                                           max_new_tokens=self.sampling["max_new_tokens"],
                                           temperature=self.sampling["temperature"])
-        if self.project_in_chunks and self.hidden is None:
+        if self.project_in_chunks and self.hidden is None and self.shared_rows is None:
             projected = self._projected_step(batch, cached=not own_text)
             if projected is not None:
                 return projected
         (student_logits, student_states), (teacher_logits, teacher_states) = self._outputs(batch, live=not own_text)
+        compared, teacher_compared = self._shared(student_logits), self._shared(teacher_logits)
         if self.sparse:
-            soft = self._sparse_loss(student_logits, batch, cached=not own_text, teacher_logits=teacher_logits)
+            soft = self._sparse_loss(compared, batch, cached=not own_text, teacher_logits=teacher_compared)
         else:
-            self._check_vocabulary(teacher_logits.shape[-1], student_logits.shape[-1])
-            soft = token_loss(student_logits, teacher_logits, batch.mask, chunk_size=self.chunk_size, **self.divergence_options)
+            self._check_vocabulary(teacher_compared.shape[-1], compared.shape[-1])
+            soft = token_loss(compared, teacher_compared, batch.mask, chunk_size=self.chunk_size,
+                              **self.divergence_options)
         logs = {"kd": soft.detach()}
         loss = (1.0 - self.alpha) * soft
         if self.hidden is not None:
@@ -187,6 +197,9 @@ class TokenDistillation(Method):
             loss = loss + self.alpha * hard
             logs["ce"] = hard.detach()
         return StepOutput(loss, student_logits, logs, teacher_logits=teacher_logits)
+
+    def _shared(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        return logits[..., :self.shared_rows] if logits is not None and self.shared_rows is not None else logits
 
     def _projected_step(self, batch: Batch, cached: bool) -> StepOutput | None:
         """The step with the vocabulary projected a chunk of counted positions at a time

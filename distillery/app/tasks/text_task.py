@@ -82,7 +82,7 @@ class TextTask(Task):
                                          if entry is not None else (None, {}))
             first = teacher
         classes = self.classes(data, teacher_metadata)
-        _check_student_head(config.model, self.model_kind, classes)
+        _check_student_head(config.model, self.model_kind, classes, min(len(data.tokenizer), classes))
         return Prepared(data=data, input_shape=tuple(self.data_metadata(data)["input_shape"]), num_classes=classes,
                         teacher=teacher, first_teacher=first, teacher_key=teacher_key, stored_targets=stored)
 
@@ -94,8 +94,8 @@ class TextTask(Task):
         return cached_targets(data.train, target_spec(config), teacher_key)
 
     def student(self, config: RunConfig, prepared: Prepared) -> nn.Module:
-        return build_model(self.model_spec(config.model, prepared.data), prepared.input_shape, prepared.num_classes,
-                           adapters=False)
+        return build_model(self.model_spec(config.model, prepared.data), prepared.input_shape,
+                           self.student_rows(config, prepared), adapters=False)
 
     def metadata(self, config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, Any]:
         """model.json's record: the architecture as a self-contained config (not the path it was shrunk from)."""
@@ -107,7 +107,7 @@ class TextTask(Task):
                               **({"lora": config.model["lora"]} if "lora" in config.model else {})}
                              if config.model["name"] == self.model_kind else dict(config.model)),
             **self.data_metadata(prepared.data),
-            "num_classes": prepared.num_classes,
+            "num_classes": self.student_rows(config, prepared),
             "preprocessing": None,
             "dataset": {"name": config.data.dataset, "path": config.data.path,
                         "options": config.data.source_options()},
@@ -121,8 +121,10 @@ class TextTask(Task):
 
     def training_batches(self, config: RunConfig, prepared: Prepared, method: Method, context: DistributedContext,
                          metadata: dict[str, Any]) -> tuple[Iterable, str | None]:
-        note = _attach_cached_targets(config, method, prepared, context, metadata)
-        return self.batches(prepared.data.train, config.train.batch_size, shuffle=True, seed=config.seed), note
+        notes = [_share_rows(config, prepared, method, self.student_rows(config, prepared)),
+                 _attach_cached_targets(config, method, prepared, context, metadata)]
+        batches = self.batches(prepared.data.train, config.train.batch_size, shuffle=True, seed=config.seed)
+        return batches, "; ".join(line for line in notes if line) or None
 
     def validation_batches(self, config: RunConfig, prepared: Prepared) -> Iterable | None:
         val = prepared.data.val
@@ -136,6 +138,12 @@ class TextTask(Task):
 
     def classes(self, data: Any, teacher_metadata: dict[str, Any]) -> int:
         raise NotImplementedError
+
+    def student_rows(self, config: RunConfig, prepared: Prepared) -> int:
+        """What the student predicts: a language model's output rows are the vocab_size its config names (a head
+        padded to its own size), else the teacher's rows (or the tokenizer's); a classifier's, the classes."""
+        named = _named_rows(config.model) if self.model_kind == "causal_lm" else None
+        return named if named is not None else prepared.num_classes
 
     def model_spec(self, spec: dict[str, Any], data: Any) -> dict[str, Any]:
         return spec
@@ -192,13 +200,35 @@ def _attach_cached_targets(config: RunConfig, method: Method, prepared: Prepared
     return line
 
 
-def _check_student_head(spec: dict[str, Any], kind: str, classes: int) -> None:
+def _named_rows(spec: dict[str, Any]) -> int | None:
+    named = spec.get("vocab_size", (spec.get("config") or {}).get("vocab_size"))
+    return int(named) if named is not None else None
+
+
+def _share_rows(config: RunConfig, prepared: Prepared, method: Method, rows: int) -> str | None:
+    """Heads of different sizes over one tokenizer: the method compares their first rows, the tokenizer's tokens."""
+    if config.distill is None or rows == prepared.num_classes:
+        return None
+    tokens = min(len(prepared.data.tokenizer), prepared.num_classes, rows)
+    stored = config.distill.teacher_logprobs is not None or (
+        target_spec(config) is not None and config.distill.teacher_cache != "off")
+    if stored:  # a store's top-k or samples are taken over the teacher's whole head, padding rows included
+        raise ConfigError(f"the teacher's output layer has {prepared.num_classes:,} rows and the student's {rows:,}: "
+                          "stored teacher targets (top_k, teacher_samples, teacher_logprobs) need one head size; "
+                          "leave model.vocab_size out, or set distill.teacher_cache: off to take them live")
+    method.use_shared_rows(tokens)
+    return (f"the teacher's output layer has {prepared.num_classes:,} rows and the student's {rows:,}, for one "
+            f"tokenizer of {tokens:,} tokens: compared over those {tokens:,} rows, the others (padding, which no "
+            "text uses) left out")
+
+
+def _check_student_head(spec: dict[str, Any], kind: str, classes: int, tokens: int) -> None:
     if spec.get("name") != kind and ":" not in str(spec.get("name")):
         raise ConfigError(f"this run's data needs model.name: {kind}, or a package.module:function factory of "
                           f"yours that takes input_ids and attention_mask; got {spec.get('name')!r}")
     if kind != "causal_lm":
         return
-    named = spec.get("vocab_size", (spec.get("config") or {}).get("vocab_size"))
-    if named is not None and int(named) != classes:
-        raise ConfigError(f"the student's vocab_size ({named}) is not the teacher's and tokenizer's ({classes}); "
-                          "remove vocab_size from model: (it follows the teacher)")
+    named = _named_rows(spec)
+    if named is not None and named < tokens:  # tokens: those of the tokenizer the teacher (if any) has rows for
+        raise ConfigError(f"the student's vocab_size ({named}) has fewer rows than the tokenizer's {tokens} tokens; "
+                          f"remove vocab_size from model: (it follows the teacher's {classes})")

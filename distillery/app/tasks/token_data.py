@@ -132,10 +132,11 @@ def _decoded_rows(data: Any, sample: int) -> list[str]:
     """The text of the first ``sample`` training and test rows (token blocks or tokenised texts), padding left out."""
     texts = []
     for part in (data.train, data.test):
-        ids = part.tokens if hasattr(part, "tokens") else part.input_ids
-        kept = part.attention if getattr(part, "attention", None) is not None else torch.ones_like(ids, dtype=torch.bool)
-        for row, keep in zip(ids[:sample], kept[:sample]):
-            row = row[:keep.shape[0]][keep] if keep.shape[0] <= row.shape[0] else row
+        ids = part.tokens if isinstance(part, TokenBlocks) else part.input_ids
+        for index in range(min(sample, len(ids))):
+            row = ids[index]
+            if part.attention is not None:  # [N, L] beside a block's L + 1 tokens: the last one is only a label
+                row = row[:part.attention.shape[1]][part.attention[index]]
             texts.append(data.tokenizer.decode(row.tolist()))
     return texts
 
