@@ -23,8 +23,9 @@ from test_resume import assert_same_run, step_config
 from distillery.app.config.files import load_config
 from distillery.data import ArrayDataset, BatchIterator
 from distillery.engine.distributed import DistributedContext
-from distillery.engine.fsdp import block_classes, shard_method
-from distillery.errors import ConfigError
+from distillery.engine.fsdp import block_classes, is_sharded, shard_method
+from distillery.engine.sharded_checkpoint import load_sharded
+from distillery.errors import CheckpointError, ConfigError
 from distillery.methods import create_method
 from distillery.models import build_model
 
@@ -172,3 +173,17 @@ def test_under_fsdp_every_process_runs_a_forward_for_every_evaluation_batch():
     assert [batch.labels.tolist() for batch in sharded] == [[1], [-1]]
     assert DistributedContext(rank=0, world_size=1).sharded("fsdp").fsdp is False  # one process: nothing to shard
     assert DistributedContext(rank=0, world_size=2).sharded("fsdp").fsdp is True
+
+
+def test_blocks_named_by_no_model_are_refused_before_anything_is_sharded():
+    student = build_model({"name": "mlp", "hidden": [4]}, (1, 4, 4), 3)
+    method = create_method("supervised", student)
+    with pytest.raises(ConfigError, match=r"train.fsdp_blocks \['Block'\] names no module of the student or a "
+                                          r"teacher; their classes include: .*Linear"):
+        shard_method(method, torch.device("cpu"), blocks=["Block"])
+    assert not is_sharded(method)
+
+
+def test_a_sharded_state_whose_shards_are_missing_is_refused_in_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="sharded-3 is missing; the sharded training state is incomplete"):
+        load_sharded({}, tmp_path / "sharded-3")

@@ -6,8 +6,9 @@ The unit gathered at once is a *block*:
 
 * a Hugging Face model's blocks are the modules whose class its ``_no_split_modules`` names (its transformer
   layers: ``LlamaDecoderLayer``, ``GPT2Block``); a peft (LoRA) model's, those of the model it wraps;
-* ``train.fsdp_blocks`` names the block classes of any other model; without it such a model is one unit
-  (its parameters, gradients and optimiser state are still sharded, but its forward gathers it whole);
+* ``train.fsdp_blocks`` names block classes for any model that has them (a model with none of them keeps its
+  Hugging Face blocks); without blocks a model is one unit (its parameters, gradients and optimiser state are
+  still sharded, but its forward gathers it whole);
 * what is left (embeddings, final norm, output layer) is the model's root unit.
 
 Each trainable module a method adds beside the student (FitNets' regressors, projections) is a unit of its own;
@@ -55,6 +56,14 @@ def shard_method(method: "Method", device: torch.device, *, precision: str = "fp
     if refusal is not None:
         raise ConfigError(f"method {method.name or type(method).__name__} cannot run with train.parallel: fsdp "
                           f"({refusal}); use parallel: ddp")
+    named = tuple(blocks) if blocks is not None else ()
+    models = {name: child for name, child in method.named_children()
+              if (name == "student" or name in method.teacher_names) and any(True for _ in child.parameters())}
+    plan = {name: _blocks(model, named) for name, model in models.items()}  # decided before anything is sharded
+    found = {type(module).__name__ for model in models.values() for module in model.modules()}
+    if named and not found.intersection(named):
+        raise ConfigError(f"train.fsdp_blocks {list(named)} names no module of the student or a teacher; their "
+                          f"classes include: {', '.join(sorted(found)[:12])}")
     # FSDP warns whenever a sharded model returns a view (hidden states do). Only an in-place change of such an
     # output would lose gradients, and no method makes one: tests/test_fsdp.py checks a two-process sharded run's
     # weights against one process's, hidden-state matching included.
@@ -62,15 +71,11 @@ def shard_method(method: "Method", device: torch.device, *, precision: str = "fp
     policy = mixed_precision(device, precision)
     # One process per device; the shards go to the device (the models are built on CPU, whole, then sharded).
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    named = tuple(blocks) if blocks is not None else None
     described = []
     for name, child in method.named_children():
-        if not any(True for _ in child.parameters()):
-            continue  # nothing to shard: a teacher whose targets are all cached
-        if name == "student" or name in method.teacher_names:
-            cut = _shard_model(child, named, policy, mesh)
-            described.append(f"{name}: {cut}")
-        else:
+        if name in models:
+            described.append(f"{name}: {_shard_model(child, *plan[name], policy, mesh)}")
+        elif name not in method.teacher_names:  # a teacher without parameters (targets all cached) stays as it is
             for part in _items(child):
                 fully_shard(part, mesh=mesh, mp_policy=policy)
     return described
@@ -91,15 +96,18 @@ def block_classes(model: nn.Module) -> tuple[str, ...]:
     return tuple(sorted(declared))
 
 
-def _shard_model(model: nn.Module, named: tuple[str, ...] | None, policy: MixedPrecisionPolicy,
+def _blocks(model: nn.Module, named: tuple[str, ...]) -> tuple[list[nn.Module], str]:
+    """``model``'s blocks: those of the classes ``named`` (train.fsdp_blocks) where it has any, else those its
+    Hugging Face class declares; and their class names."""
+    def of(classes: Iterable[str]) -> list[nn.Module]:
+        return [module for module in model.modules() if module is not model and type(module).__name__ in classes]
+
+    units = of(named) or of(block_classes(model))
+    return units, ", ".join(sorted({type(unit).__name__ for unit in units}))
+
+
+def _shard_model(model: nn.Module, units: list[nn.Module], kinds: str, policy: MixedPrecisionPolicy,
                  mesh: DeviceMesh) -> str:
-    classes = named if named is not None else block_classes(model)
-    units = [module for module in model.modules() if module is not model and type(module).__name__ in classes]
-    if named is not None and not units:
-        found = sorted({type(module).__name__ for module in model.modules()})
-        raise ConfigError(f"train.fsdp_blocks {list(named)} names no module of {type(model).__name__}; its "
-                          f"classes are: {', '.join(found[:12])}")
-    kinds = ", ".join(sorted({type(unit).__name__ for unit in units}))
     whole = type(model).__name__
     for unit in units:
         fully_shard(unit, mesh=mesh, mp_policy=policy)
