@@ -62,10 +62,10 @@ def fit(method: Method, train_data: Any, val_data: Any, train: TrainConfig, *, s
 
     ``best`` chooses the best epoch by a validation metric (the task's). Under torchrun it trains data-parallel:
     ``train.batch_size`` (or the given loader's) is the global batch; with ``train.parallel: fsdp`` the
-    method's models are sharded (:mod:`distillery.engine.fsdp`) and the returned models stay sharded. ``checkpointer`` (an
-    :class:`distillery.engine.checkpointer.Checkpointer`) saves the full training state as training goes (under
-    torchrun, give every process one: they stop and save together); ``resume`` (a state read with
-    ``read_training_state``) continues from one.
+    method's models are sharded (:mod:`distillery.engine.fsdp`) and the returned models stay sharded.
+    ``checkpointer`` (an :class:`distillery.engine.checkpointer.Checkpointer`) saves the full training state as
+    training goes (under torchrun, give every process one: they stop and save together); ``resume`` (a state read
+    with ``read_training_state``) continues from one.
     """
     context = setup_distributed(device).sharded(train.parallel)
     train_batches = context.shard(as_batches(train_data, train.batch_size, shuffle=True, seed=seed), training=True)
