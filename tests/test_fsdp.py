@@ -187,3 +187,11 @@ def test_blocks_named_by_no_model_are_refused_before_anything_is_sharded():
 def test_a_sharded_state_whose_shards_are_missing_is_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="sharded-3 is missing; the sharded training state is incomplete"):
         load_sharded({}, tmp_path / "sharded-3")
+
+
+def test_born_again_generations_with_fsdp_are_refused(tmp_path):
+    document = step_config(tmp_path / "run", distill={"teacher": str(tmp_path / "teacher"), "generations": 2})
+    document["train"]["parallel"] = "fsdp"
+    assert_user_error(invoke("distill", write_yaml(tmp_path / "run.yaml", document)),
+                      "born-again generations (distill.generations) run with train.parallel: ddp")
+    assert not (tmp_path / "run").exists()
